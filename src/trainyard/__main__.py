@@ -1,0 +1,3 @@
+from trainyard.cli import entry
+
+entry()

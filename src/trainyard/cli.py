@@ -1,0 +1,107 @@
+"""The ``trainyard`` command: parses and dispatches, nothing more.
+
+Each subcommand names the function that does its work as ``"module:function"``; that function takes
+the parsed arguments and returns the exit code. Errors meant for people (:class:`TrainyardError`)
+print as one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from trainyard.errors import TrainyardError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="[RUN.yaml] key.sub=value", help="an optional YAML file, then overrides such as optim.lr=0.01")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainyard", description="Train PyTorch models from one config, tracked, on one CPU or many GPUs.")
+    from trainyard import __version__
+
+    parser.add_argument("--version", action="version", version=f"trainyard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a run (no arguments: the default job on bundled digits)")
+    _config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.pt")
+    p.add_argument("--doctor", action="store_true", help="run `trainyard doctor` first and stop on a FAIL")
+    p.set_defaults(handler="trainyard.commands:train")
+
+    p = sub.add_parser("config", help="print the resolved config as YAML")
+    _config_args(p)
+    p.set_defaults(handler="trainyard.commands:config")
+
+    p = sub.add_parser("transforms", help="list torchvision.transforms.v2 transforms, or document one")
+    p.add_argument("name", nargs="?", help="a transform name, e.g. RandomRotation")
+    p.set_defaults(handler="trainyard.commands:transforms")
+
+    p = sub.add_parser("preview", help="write a PNG grid of augmented training samples with their labels")
+    _config_args(p)
+    p.add_argument("--out", default="preview.png", help="PNG file to write")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.set_defaults(handler="trainyard.commands:preview")
+
+    p = sub.add_parser("tune-workers", help="measure the loader's throughput per num_workers and recommend one")
+    _config_args(p)
+    p.add_argument("--max-seconds", type=float, default=60.0, help="time budget for the measurement")
+    p.add_argument("--write", action="store_true", help="store the recommended value into the YAML file")
+    p.set_defaults(handler="trainyard.commands:tune_workers")
+
+    p = sub.add_parser("doctor", help="pre-flight checks on the real config, data and model")
+    _config_args(p)
+    p.set_defaults(handler="trainyard.commands:doctor")
+
+    p = sub.add_parser("runs", help="a table of runs")
+    p.add_argument("root", nargs="?", default=None, help="runs folder (default: track.root, runs)")
+    p.add_argument("--sort", default="started", help="column to sort by")
+    p.add_argument("--reverse", action="store_true", help="sort descending")
+    p.set_defaults(handler="trainyard.commands:runs")
+
+    p = sub.add_parser("compare", help="overlaid learning curves of several runs as a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--metric", default="val/accuracy")
+    p.add_argument("--out", default="curves.png")
+    p.set_defaults(handler="trainyard.commands:compare")
+
+    p = sub.add_parser("report", help="a self-contained HTML report of one run")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--out", default="report.html")
+    p.set_defaults(handler="trainyard.commands:report")
+
+    p = sub.add_parser("board", help="start TensorBoard on 127.0.0.1 and print its URL")
+    p.add_argument("root", nargs="?", default="runs")
+    p.add_argument("--port", type=int, default=0, help="0: a free port")
+    p.set_defaults(handler="trainyard.commands:board")
+
+    p = sub.add_parser("sweep", help="a grid or random search over hyperparameters, one run per trial")
+    p.add_argument("overrides", nargs="*", metavar="[RUN.yaml] key=v1,v2,...")
+    p.add_argument("--random", type=int, default=None, metavar="N", help="N random trials instead of the grid")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random trials")
+    p.add_argument("--name", default=None, help="sweep name (its folder under track.root)")
+    p.set_defaults(handler="trainyard.commands:sweep")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args.handler.split(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), func_name)
+        return int(handler(args) or 0)
+    except TrainyardError as exc:
+        print(f"trainyard: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("trainyard: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.stdout.flush()
+
+
+def entry() -> None:
+    sys.exit(main())

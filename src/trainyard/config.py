@@ -1,0 +1,416 @@
+"""The typed run config: defaults, YAML files, ``key.sub=value`` overrides, validation.
+
+One tree of dataclasses describes a run. Every field carries its help text and its
+limits in ``metadata``, so validation, ``trainyard config`` and error messages all read
+from the same place. A bad value raises :class:`ConfigError`, one line naming the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from trainyard.errors import ConfigError
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **limits: Any) -> Any:
+    """A config field: its default, help text and limits (``choices``, ``min``, ``gt``, ``max``, ``lt``)."""
+    meta = {"help": help, **limits}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------
+# The tree. Each section is a dataclass; its docstring and field help are user-facing.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Where the samples come from and how they are split and transformed."""
+
+    dataset: str = opt("digits", "digits (bundled with scikit-learn), mnist, fashion_mnist, cifar10, cifar100, image_folder, text")
+    root: str = opt("data", "folder holding (or receiving) the dataset files")
+    download: Union[bool, Literal["auto"]] = opt("auto", "auto: download when missing; true: always try; false: never")
+    val_fraction: float = opt(0.1, "share of the training split held out for validation when the dataset has none", min=0.0, lt=1.0)
+    test_fraction: float = opt(0.2, "share held out for testing when the dataset has no test split", min=0.0, lt=1.0)
+    split_seed: int = opt(0, "seed of the train/val/test split, kept apart from `seed` so runs compare on the same samples", min=0)
+    train_transforms: Union[list, None] = opt(None, "list of {Name: {arg: value}} torchvision.transforms.v2 entries; null: the dataset's default")
+    eval_transforms: Union[list, None] = opt(None, "as train_transforms, for validation and test; null: the dataset's default")
+    skip_bad_files: bool = opt(False, "skip unreadable images (and count them) instead of stopping")
+    # text
+    path: Union[str, None] = opt(None, "text dataset: a CSV, TSV or JSONL file")
+    val_path: Union[str, None] = opt(None, "text dataset: a separate validation file")
+    test_path: Union[str, None] = opt(None, "text dataset: a separate test file")
+    format: str = opt("auto", "text file format", choices=["auto", "csv", "tsv", "jsonl"])
+    text_field: str = opt("text", "text dataset: the column holding the text")
+    label_field: str = opt("label", "text dataset: the column holding the label")
+    columns: Union[list, None] = opt(None, "text dataset: column names of a headerless file, e.g. [label, text]")
+    tokenizer: str = opt("basic", "basic, wordpiece, bpe, or a path to a tokenizer.json")
+    vocab_size: int = opt(20000, "vocabulary size for trained tokenizers", min=10)
+    min_frequency: int = opt(1, "minimum token count to enter the vocabulary", min=1)
+    max_length: int = opt(256, "truncate token sequences to this length", min=1)
+
+
+@dataclass
+class ModelConfig:
+    """The network. Built-ins: cnn, mlp; any torchvision.models name; text models."""
+
+    name: str = opt("cnn", "cnn, mlp, a torchvision.models name (resnet18, ...), embedding_bag, gru, lstm, transformer")
+    pretrained: bool = opt(False, "torchvision models: load locally cached pretrained weights")
+    width: int = opt(32, "cnn: channels of the first block (doubling per block); mlp: hidden units", min=1)
+    depth: int = opt(2, "cnn: conv blocks; mlp: hidden layers; rnn/transformer: layers", min=1)
+    dropout: float = opt(0.0, "dropout probability before the classifier", min=0.0, lt=1.0)
+    embed_dim: int = opt(64, "text models: embedding size", min=1)
+    bidirectional: bool = opt(False, "gru/lstm: read both directions")
+    heads: int = opt(4, "transformer: attention heads", min=1)
+    vectors: Union[str, None] = opt(None, "text models: GloVe-format word vectors file")
+
+
+@dataclass
+class LoaderConfig:
+    """DataLoader knobs. batch_size is per device."""
+
+    batch_size: int = opt(64, "samples per step on each device", min=1)
+    eval_batch_size: Union[int, None] = opt(None, "batch size for validation and test; null: 2 x batch_size", min=1)
+    shuffle: bool = opt(True, "shuffle the training samples each epoch")
+    num_workers: Union[int, Literal["auto"]] = opt(0, "loader worker processes; auto: the value `trainyard tune-workers` measures", min=0)
+    pin_memory: Union[bool, Literal["auto"]] = opt("auto", "auto: on only when training on CUDA")
+    drop_last: bool = opt(False, "drop the last incomplete training batch")
+    persistent_workers: bool = opt(False, "keep workers alive between epochs")
+    prefetch_factor: Union[int, None] = opt(None, "batches loaded in advance by each worker (needs num_workers > 0)", min=1)
+    collate: str = opt("default", "default, pad (variable-length samples), or package.module:function")
+    bucket_by_length: bool = opt(False, "text: batch samples of similar length together")
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer."""
+
+    name: str = opt("adamw", "optimizer", choices=["sgd", "adam", "adamw"])
+    lr: float = opt(3e-3, "learning rate", gt=0.0)
+    weight_decay: float = opt(1e-4, "weight decay (decoupled for adamw)", min=0.0)
+    momentum: float = opt(0.9, "sgd momentum", min=0.0, lt=1.0)
+    nesterov: bool = opt(False, "sgd: Nesterov momentum")
+    betas: list = opt(factory=lambda: [0.9, 0.999], help="adam/adamw betas")
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule, stepped once per optimizer step."""
+
+    name: str = opt("cosine", "learning-rate schedule", choices=["constant", "step", "cosine", "onecycle"])
+    warmup_steps: int = opt(0, "linear warmup from 0 over this many optimizer steps (any schedule)", min=0)
+    step_epochs: int = opt(10, "step: epochs between decays", min=1)
+    gamma: float = opt(0.1, "step: decay factor", gt=0.0, max=1.0)
+    min_lr: float = opt(0.0, "cosine: final learning rate", min=0.0)
+
+
+@dataclass
+class TrainerConfig:
+    """The step loop."""
+
+    epochs: int = opt(30, "training epochs", min=1)
+    max_steps: Union[int, None] = opt(None, "stop after this many optimizer steps (null: no limit)", min=1)
+    device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    precision: str = opt("32", "32, bf16 (autocast, CPU too) or fp16 (autocast and GradScaler, CUDA)", choices=["32", "bf16", "fp16"])
+    accumulate: int = opt(1, "micro-batches per optimizer step (gradient accumulation)", min=1)
+    clip_grad_norm: Union[float, None] = opt(None, "clip the gradient norm to this value (null: off)", gt=0.0)
+    log_every: int = opt(50, "optimizer steps between logged training scalars (the only per-step host syncs)", min=1)
+    histogram_every: int = opt(1, "epochs between weight/gradient histograms (0: off)", min=0)
+    monitor: str = opt("val/accuracy", "metric that picks best.pt and drives early stopping")
+    monitor_mode: str = opt("auto", "auto (min for losses, else max), min or max", choices=["auto", "min", "max"])
+    patience: int = opt(0, "early stopping: epochs without improvement before stopping (0: off)", min=0)
+    deterministic: bool = opt(False, "use deterministic algorithms only (slower, bitwise repeatable on GPU)")
+    progress: Union[bool, Literal["auto"]] = opt("auto", "progress bar; auto: only when output is a terminal")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases backend (optional extra: pip install 'trainyard[wandb]')."""
+
+    project: str = opt("trainyard", "W&B project")
+    entity: Union[str, None] = opt(None, "W&B entity (team or user)")
+    tags: list = opt(factory=list, help="W&B run tags")
+    mode: str = opt("offline", "online, offline or disabled", choices=["online", "offline", "disabled"])
+    watch: int = opt(0, "log gradients every N steps (0: off)", min=0)
+
+
+@dataclass
+class TrackConfig:
+    """Where and how the run is recorded. metrics.jsonl is always written."""
+
+    root: str = opt("runs", "folder holding one sub-folder per run")
+    backends: list = opt(factory=lambda: ["tensorboard"], help="tensorboard, wandb (metrics.jsonl is always written)")
+    images: bool = opt(True, "log image grids (a training batch, misclassified samples, confusion matrix)")
+    graph: bool = opt(True, "log the model graph")
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata={"help": "W&B settings"})
+
+
+@dataclass
+class ParallelConfig:
+    """How the run is spread over devices and processes."""
+
+    strategy: str = opt("single", "single, dp, ddp, model, pipeline", choices=["single", "dp", "ddp", "model", "pipeline"])
+    devices: Union[int, list, Literal["auto"]] = opt("auto", "a count, a list of device ids or names, or auto", min=1)
+    backend: str = opt("auto", "process-group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo", choices=["auto", "nccl", "gloo"])
+    timeout: int = opt(300, "seconds before a stuck collective fails the run", min=1)
+    sync_batchnorm: bool = opt(False, "ddp: convert BatchNorm to SyncBatchNorm")
+    find_unused_parameters: bool = opt(False, "ddp: allow parameters that get no gradient")
+    microbatches: int = opt(4, "pipeline: micro-batches per batch", min=1)
+    schedule: str = opt("gpipe", "pipeline schedule", choices=["gpipe", "1f1b"])
+    split: Union[list, Literal["auto"]] = opt("auto", "model/pipeline: auto (balance parameters) or block indices where stages start")
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    name: Union[str, None] = opt(None, "run folder name under track.root (null: a timestamp)")
+    seed: int = opt(0, "seed for python, numpy and torch (each rank and worker derives its own)", min=0)
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
+    loader: LoaderConfig = field(default_factory=LoaderConfig, metadata={"help": "loader"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "schedule"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "trainer"})
+    track: TrackConfig = field(default_factory=TrackConfig, metadata={"help": "tracking"})
+    parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata={"help": "parallel"})
+
+
+# --------------------------------------------------------------------------------------
+# Building a config: defaults <- YAML file <- overrides, each value checked on the way in.
+# --------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Resolve a run config from defaults, an optional YAML file and ``key.sub=value`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        raw = read_yaml(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {p}{where}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p}: not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.sub=value (e.g. optim.lr=0.01)")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: the key before '=' is empty")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not YAML: keep the plain string, the field type decides
+    return key, value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(raw: dict) -> RunConfig:
+    return _build(RunConfig, raw, prefix="")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def flat_items(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.003, ...}`` for every leaf of the tree."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flat_items(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            keys.append(prefix + f.name)
+            keys.extend(all_keys(t, prefix + f.name + "."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def field_help(key: str) -> str:
+    """The help text and limits of one dotted key, for messages and docs."""
+    cls: Any = RunConfig
+    f = None
+    for part in key.split("."):
+        f = {x.name: x for x in dataclasses.fields(cls)}[part]
+        cls = typing.get_type_hints(cls)[part]
+    return f.metadata.get("help", "") if f else ""
+
+
+def suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}={_show(raw)}: must be a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            full = f"{prefix}{key}"
+            hint = suggest(full, all_keys()) or suggest(str(key), fields)
+            raise ConfigError(f"unknown config key {full!r}{hint or '; allowed here: ' + ', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        t = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(t):
+            kwargs[name] = _build(t, raw.get(name, {}) if raw.get(name) is not None else {}, key + ".")
+        elif name in raw:
+            kwargs[name] = _check(key, raw[name], t, f.metadata)
+    return cls(**kwargs)
+
+
+def _show(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("...").strip()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(t: Any) -> str:
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(t))
+    if origin is Literal:
+        return " or ".join(repr(a) if isinstance(a, str) else str(a).lower() for a in typing.get_args(t))
+    if t is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}.get(
+        t, getattr(t, "__name__", str(t))
+    )
+
+
+def _check(key: str, value: Any, t: Any, meta: typing.Mapping) -> Any:
+    try:
+        value = _coerce(value, t)
+    except TypeError:
+        raise ConfigError(f"{key}={_show(value)}: expected {_describe(t)}") from None
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}={_show(value)}: allowed values are {', '.join(map(str, choices))}{suggest(str(value), choices)}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for limit, ok, words in (
+            ("min", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("max", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            if limit in meta and not ok(value, meta[limit]):
+                raise ConfigError(f"{key}={_show(value)}: must be {words} {meta[limit]}")
+    return value
+
+
+def _coerce(value: Any, t: Any) -> Any:
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(t):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin is Literal:
+        if value in typing.get_args(t) and type(value) is type(typing.get_args(t)[0]):
+            return value
+        raise TypeError
+    if t is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if t is Any:
+        return value
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError from None
+        raise TypeError
+    if t is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # precision: 32
+        raise TypeError
+    if t is list or origin is list:
+        if isinstance(value, list):
+            return value
+        raise TypeError
+    if t is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise TypeError
+    raise TypeError

@@ -1,0 +1,1 @@
+"""The step loop, evaluation, checkpoints and early stopping."""

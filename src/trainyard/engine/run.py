@@ -1,0 +1,94 @@
+"""``train(cfg)``: build everything, run the loop, always clean up."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainyard.config import RunConfig, to_yaml
+from trainyard.errors import TrainyardError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, float]:
+    """Train one run (in every process the strategy launches); returns the primary's final metrics."""
+    from trainyard.parallel import build_strategy
+    from trainyard.track import check_backends
+
+    check_backends(cfg.track.backends)
+    strategy = build_strategy(cfg)
+    return strategy.launch(run_process, cfg, str(resume) if resume is not None else None)
+
+
+def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float]:
+    """The body of one training process."""
+    from trainyard.data import build_data
+    from trainyard.engine.checkpoint import load_checkpoint
+    from trainyard.engine.trainer import Interrupted, Trainer
+    from trainyard.models import build_model
+    from trainyard.track import build_trackers
+    from trainyard.track.rundir import environment, new_run_dir, write_status
+
+    strategy.setup()
+    tracker = None
+    run_dir: Path | None = None
+    status = "failed"
+    started = time.time()
+    try:
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        data = build_data(cfg)
+        model = build_model(cfg.model, data.info)
+
+        state = None
+        if resume is not None:
+            run_dir = Path(resume)
+            state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+            if strategy.is_primary:
+                (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        elif strategy.is_primary:
+            run_dir = new_run_dir(cfg)
+        run_dir = Path(strategy.broadcast_object(str(run_dir)))
+
+        seed_everything(cfg.seed + 7919 * strategy.rank)  # per-rank randomness (dropout, augmentation)
+        if strategy.is_primary:
+            tracker = build_trackers(cfg, run_dir, resume_step=state["step"] if state else None)
+            write_status(run_dir, status="running", started=started, name=run_dir.name, environment=environment(), strategy=strategy.describe())
+        trainer = Trainer(cfg, strategy, data, model, run_dir, tracker)
+        if state is not None:
+            trainer.load_state(state)
+        if strategy.is_primary:
+            print(f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, batch {cfg.loader.batch_size} per device x {strategy.world_size})", flush=True)
+        final = trainer.fit()
+        status = "finished"
+        if strategy.is_primary:
+            write_status(run_dir, final=final, best=trainer.best, monitor=trainer.monitor)
+            if "test/accuracy" in final:
+                print(f"test accuracy {final['test/accuracy']:.4f} (best {trainer.monitor} checkpoint)")
+            print(f"run folder: {run_dir}")
+            if "tensorboard" in cfg.track.backends:
+                print(f"open TensorBoard: tensorboard --logdir {run_dir}", flush=True)
+        return final
+    except Interrupted:
+        status = "interrupted"
+        raise
+    finally:
+        if tracker is not None:
+            tracker.close(status)
+        if strategy.is_primary and run_dir is not None and (run_dir / "config.yaml").exists():
+            write_status(run_dir, status=status, ended=time.time(), duration_s=round(time.time() - started, 3))
+        strategy.teardown()
+
+
+__all__ = ["train", "seed_everything", "TrainyardError"]

@@ -1,0 +1,390 @@
+"""The step loop: train, validate each epoch, checkpoint, stop early, test with the best weights.
+
+The hot path makes no host-device sync: the loss and correct-count accumulate on the device and are
+read (``.item()``) only every ``trainer.log_every`` optimizer steps and at epoch ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from trainyard.config import RunConfig, flat_items, to_dict
+from trainyard.data import DataBundle
+from trainyard.data.loading import build_loader
+from trainyard.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainyard.engine.evaluate import EvalResult, evaluate, move
+from trainyard.engine.optim import build_optimizer, build_scheduler, steps_per_epoch
+from trainyard.errors import ConfigError
+from trainyard.parallel import Strategy
+from trainyard.track import Tracker
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: the run saved last.pt and stopped."""
+
+    def __init__(self, signum: int, run_dir: Path):
+        self.signum = signum
+        self.run_dir = run_dir
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: saved {run_dir / 'checkpoints' / 'last.pt'}; resume with: trainyard train --resume {run_dir}")
+        self.exit_code = 128 + signum
+
+
+def monitor_mode(metric: str, mode: str) -> str:
+    if mode != "auto":
+        return mode
+    return "min" if "loss" in metric else "max"
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, strategy: Strategy, data: DataBundle, model: nn.Module, run_dir: Path, tracker: Tracker | None):
+        self.cfg = cfg
+        self.strategy = strategy
+        self.data = data
+        self.run_dir = run_dir
+        self.tracker = tracker if strategy.is_primary else None
+        self.device = strategy.device
+        t = cfg.trainer
+
+        self.model = strategy.wrap(model)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+        self.train_sampler = strategy.train_sampler(data.train, shuffle=cfg.loader.shuffle, seed=cfg.seed)
+        self.train_loader = build_loader(data.train, cfg.loader, device=self.device, sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
+        self.val_loader = self._eval_loader(data.val)
+        self.test_loader = self._eval_loader(data.test)
+        if len(self.train_loader) == 0:
+            raise ConfigError(
+                f"loader.batch_size={cfg.loader.batch_size}: larger than the {len(self.train_sampler)} training samples per device with loader.drop_last=true, so an epoch has no batch"
+            )
+
+        self.steps_per_epoch = steps_per_epoch(len(self.train_loader), t.accumulate)
+        total = t.epochs * self.steps_per_epoch
+        if t.max_steps is not None:
+            total = min(total, t.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, total_steps=total, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.optim.lr)
+
+        if t.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"trainer.precision=fp16: needs a CUDA device (training on {self.device.type}); use bf16 or 32")
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        device_type = self.device.type
+        self.autocast: Callable[[], Any] = (lambda: torch.autocast(device_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(device_type, enabled=t.precision == "fp16")
+
+        self.monitor = t.monitor if self.val_loader is not None or not t.monitor.startswith("val/") else "train/loss"
+        self.mode = monitor_mode(self.monitor, t.monitor_mode)
+        self.best: float | None = None
+        self.bad_epochs = 0
+        self.epoch = 0
+        self.step = 0
+        self.batch_in_epoch = 0
+        self._stop_signal: int | None = None
+        self._first_batch_logged = False
+        self.history: list[dict[str, float]] = []
+
+    def _eval_loader(self, dataset):
+        if dataset is None or len(dataset) == 0:
+            return None
+        sampler = self.strategy.eval_sampler(dataset)
+        return build_loader(dataset, self.cfg.loader, device=self.device, sampler=sampler, train=False, collate_fn=self.data.collate_fn)
+
+    # --- checkpoints -------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.strategy.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch_in_epoch,
+            "step": self.step,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "monitor": self.monitor,
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.strategy.unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        set_rng_state(state["rng"])
+        self._first_batch_logged = True
+
+    def save(self, name: str) -> None:
+        """Collective-safe: every rank calls it, the primary writes."""
+        if self.strategy.is_primary:
+            save_checkpoint(self.run_dir / "checkpoints" / name, self.state())
+        self.strategy.barrier()
+
+    # --- signals -----------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum  # acted on after the current step
+
+    @contextlib.contextmanager
+    def _signals(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # --- the loop ----------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        t = self.cfg.trainer
+        primary = self.strategy.is_primary
+        with self._signals():
+            while self.epoch < t.epochs and not self._done_steps():
+                start = time.perf_counter()
+                train_metrics = self.train_epoch()
+                if self._stop_signal is not None:
+                    self.save("last.pt")
+                    raise Interrupted(self._stop_signal, self.run_dir)
+                metrics = dict(train_metrics)
+                if self.val_loader is not None:
+                    metrics.update(self._evaluate(self.val_loader, "val").metrics)
+                metrics["time/epoch_s"] = time.perf_counter() - start
+                improved = self._update_best(metrics)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.history.append(metrics)
+                if primary:
+                    self._log_epoch(metrics)
+                self.save("last.pt")
+                if improved:
+                    self.save("best.pt")
+                if t.patience and self.bad_epochs >= t.patience:
+                    if primary:
+                        print(f"early stopping: {self.monitor} has not improved for {t.patience} epochs (best {self.best:.4f})", flush=True)
+                    break
+                if self._stop_signal is not None:
+                    raise Interrupted(self._stop_signal, self.run_dir)
+        return self.finish()
+
+    def _done_steps(self) -> bool:
+        return self.cfg.trainer.max_steps is not None and self.step >= self.cfg.trainer.max_steps
+
+    def _update_best(self, metrics: dict[str, float]) -> bool:
+        value = metrics.get(self.monitor)
+        if value is None or not math.isfinite(value):
+            self.bad_epochs += 1
+            return False
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, t = self.cfg, self.cfg.trainer
+        model, optimizer, scheduler, scaler = self.model, self.optimizer, self.scheduler, self.scaler
+        strategy, device, loss_fn, autocast = self.strategy, self.device, self.loss_fn, self.autocast
+        accumulate, clip, log_every = t.accumulate, t.clip_grad_norm, t.log_every
+        primary = strategy.is_primary
+
+        model.train()
+        self.train_sampler.set_epoch(self.epoch)
+        # Worker seeds (and so augmentations) are a function of (seed, rank, epoch): resumable, and different per rank.
+        self.train_loader.generator.manual_seed(cfg.seed * 1_000_003 + strategy.rank * 10_007 + self.epoch)
+        if self.batch_in_epoch:  # resuming mid-epoch: skip what was already trained on
+            self.train_sampler.skip = self.batch_in_epoch * cfg.loader.batch_size
+
+        if accumulate > 1:
+            scale = lambda loss: scaler.scale(loss / accumulate)  # noqa: E731
+        else:
+            scale = scaler.scale if scaler.is_enabled() else (lambda loss: loss)
+
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        total_batches = len(self.train_loader)
+        epoch_start = time.perf_counter()
+        log_state = {"time": epoch_start, "seen": 0, "loss": 0.0, "wait": 0.0}
+        wait = 0.0
+        progress = self._progress(total_batches)
+
+        it = iter(self.train_loader)
+        batch_index = self.batch_in_epoch
+        micro = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                x, y = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - t0
+            x = move(x, device)
+            y = y.to(device, non_blocking=True)
+            if not self._first_batch_logged:
+                self._log_first_batch(x)
+            batch_index += 1
+            micro += 1
+            sync = micro == accumulate or batch_index == total_batches
+            with contextlib.nullcontext() if sync else strategy.no_sync(model):
+                loss, logits = strategy.forward_backward(model, x, y, loss_fn, autocast, scale)
+            n = len(y)
+            seen += n
+            loss_sum.add_(loss, alpha=n)
+            if logits is not None:
+                correct.add_((logits.argmax(1) == y.to(logits.device)).sum())
+            if sync:
+                micro = 0
+                if clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                self.step += 1
+                self.batch_in_epoch = batch_index
+                if self.step % log_every == 0:
+                    self._log_train(loss_sum, seen, wait, log_state, progress)  # sync point: .item() every log_every steps
+                if self._stop_signal is not None or self._done_steps():
+                    break
+            if progress is not None:
+                progress.update(1)
+        if progress is not None:
+            progress.close()
+
+        totals = strategy.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]))
+        loss_total, correct_total, seen_total = totals.tolist()  # sync point: once per epoch
+        metrics = {"train/loss": loss_total / max(seen_total, 1), "lr": optimizer.param_groups[0]["lr"]}
+        if correct_total or seen_total:
+            metrics["train/accuracy"] = correct_total / max(seen_total, 1)
+        metrics["perf/data_wait_fraction"] = min(wait / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
+        return metrics
+
+    def _progress(self, total: int):
+        t = self.cfg.trainer
+        if not self.strategy.is_primary:
+            return None
+        show = sys.stderr.isatty() if t.progress == "auto" else bool(t.progress)
+        if not show:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True)
+
+    def _log_train(self, loss_sum: torch.Tensor, seen: int, wait: float, state: dict, progress) -> None:
+        now = time.perf_counter()
+        loss_now = loss_sum.item()
+        window = seen - state["seen"]
+        elapsed = max(now - state["time"], 1e-9)
+        metrics = {
+            "train/loss": (loss_now - state["loss"]) / max(window, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "perf/samples_per_s": window * self.strategy.world_size / elapsed,
+            "perf/data_wait_fraction": min((wait - state["wait"]) / elapsed, 1.0),
+        }
+        state.update(time=now, seen=seen, loss=loss_now, wait=wait)
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, self.step, self.epoch)
+        if progress is not None:
+            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", samples_s=f"{metrics['perf/samples_per_s']:.0f}", refresh=False)
+
+    def _log_first_batch(self, x: Any) -> None:
+        self._first_batch_logged = True
+        if self.tracker is None:
+            return
+        info = self.data.info
+        plain = self.strategy.unwrap(self.model)
+        if self.cfg.track.graph:
+            was_training = plain.training
+            plain.eval()
+            self.tracker.log_graph(plain, x[:2] if isinstance(x, torch.Tensor) else x)
+            plain.train(was_training)
+        if self.cfg.track.images and isinstance(x, torch.Tensor) and x.dim() == 4:
+            from trainyard.track.figures import image_grid
+
+            self.tracker.log_image("data/train_batch", image_grid(x[:64], info.mean, info.std), self.step)
+
+    def _evaluate(self, loader, prefix: str, **kwargs: Any) -> EvalResult:
+        return evaluate(
+            self.model, loader, self.strategy, prefix=prefix, num_classes=self.data.info.num_classes,
+            loss_fn=self.loss_fn, autocast=self.autocast, classes=self.data.info.classes, **kwargs,
+        )
+
+    def _log_epoch(self, metrics: dict[str, float]) -> None:
+        t = self.cfg.trainer
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, self.step, self.epoch - 1)
+            groups = {}
+            for name in ("loss", "accuracy"):
+                group = {split: metrics[f"{split}/{name}"] for split in ("train", "val") if f"{split}/{name}" in metrics}
+                if group:
+                    groups[f"epoch/{name}"] = group
+            self.tracker.log_groups(groups, self.epoch)
+            if t.histogram_every and self.epoch % t.histogram_every == 0:
+                self.tracker.log_histograms(self.strategy.unwrap(self.model), self.step)
+        parts = [f"epoch {self.epoch}/{t.epochs}"]
+        parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train/", "val/"))]
+        parts.append(f"{metrics['time/epoch_s']:.1f}s")
+        print("  ".join(parts), flush=True)
+
+    def finish(self) -> dict[str, float]:
+        """Test with the best checkpoint; log final metrics, hparams and pictures."""
+        primary = self.strategy.is_primary
+        final = dict(self.history[-1]) if self.history else {}
+        final.pop("time/epoch_s", None)
+        best_path = self.run_dir / "checkpoints" / "best.pt"
+        if self.test_loader is not None:
+            if best_path.exists():
+                self.strategy.unwrap(self.model).load_state_dict(load_checkpoint(best_path)["model"])
+            info = self.data.info
+            want_pictures = primary and self.cfg.track.images and self.tracker is not None
+            result = self._evaluate(self.test_loader, "test", confusion=True, keep_wrong=32 if want_pictures else 0)
+            final.update(result.metrics)
+            if self.tracker is not None:
+                self.tracker.log_metrics(result.metrics, self.step, self.epoch)
+                if want_pictures:
+                    from trainyard.track.figures import confusion_figure, labelled_grid
+
+                    if result.confusion is not None:
+                        self.tracker.log_figure("test/confusion_matrix", confusion_figure(result.confusion, info.classes), self.step)
+                    if result.wrong_images:
+                        images = torch.stack(result.wrong_images)
+                        self.tracker.log_figure("test/misclassified", labelled_grid(images, result.wrong_titles, info.mean, info.std), self.step)
+        if self.best is not None:
+            final[f"best/{self.monitor}"] = self.best
+        if self.tracker is not None:
+            hparam_metrics = {k: v for k, v in final.items() if k.startswith(("test/", "val/", "best/"))}
+            if self.best is not None and f"best/{self.monitor}" in hparam_metrics:
+                self.tracker.log_metrics({f"best/{self.monitor}": self.best}, self.step, self.epoch)
+            self.tracker.log_hparams(hparams_of(self.cfg), hparam_metrics)
+        return final
+
+
+def hparams_of(cfg: RunConfig) -> dict[str, Any]:
+    """The config as flat scalar hyperparameters (the HParams dashboard takes bool, int, float, str)."""
+    out: dict[str, Any] = {}
+    for key, value in flat_items(cfg).items():
+        if key.startswith("track.") or key == "name":
+            continue
+        if value is None:
+            value = "null"
+        elif isinstance(value, (list, dict)):
+            value = str(value)
+        out[key] = value
+    return out

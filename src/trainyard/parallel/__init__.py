@@ -1,0 +1,104 @@
+"""How a run maps onto processes and devices: one module per strategy behind :class:`Strategy`.
+
+The step loop only calls the methods below; it never asks which strategy it runs under.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, Callable, ContextManager
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Sampler
+
+from trainyard.config import RunConfig
+
+# strategy name -> "module:class"
+STRATEGIES: dict[str, str] = {
+    "single": "trainyard.parallel.single:SingleDevice",
+}
+
+
+class Strategy:
+    """One process on one device. Subclasses override what differs."""
+
+    name = "single"
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.rank = 0
+        self.local_rank = 0
+        self.world_size = 1
+        self.device = torch.device("cpu")
+
+    # --- processes -------------------------------------------------------------------
+    def launch(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(self, *args)`` in every process of the run; return the primary process's result."""
+        return fn(self, *args)
+
+    def setup(self) -> None:
+        """Inside each process, before anything is built: process group, device."""
+
+    def teardown(self) -> None:
+        """Always runs, also after an error."""
+
+    @property
+    def is_primary(self) -> bool:
+        """The one process that writes files, logs and prints."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        pass
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """The primary's ``obj`` on every rank."""
+        return obj
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    # --- model -----------------------------------------------------------------------
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Place (and wrap) the model for training."""
+        return model.to(self.device)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The plain module whose state_dict goes into checkpoints."""
+        return model
+
+    def no_sync(self, model: nn.Module) -> ContextManager:
+        """Skip gradient synchronisation (accumulation micro-steps)."""
+        return contextlib.nullcontext()
+
+    def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One micro-step: forward, loss, backward. Returns (detached loss, detached logits or None)."""
+        with autocast():
+            logits = model(x)
+            loss = loss_fn(logits, y.to(logits.device, non_blocking=True))
+        scale(loss).backward()
+        return loss.detach(), logits.detach()
+
+    def predict(self, model: nn.Module, x: Any) -> torch.Tensor | None:
+        """Logits for evaluation (None on processes that hold no output)."""
+        return model(x)
+
+    # --- data ------------------------------------------------------------------------
+    def train_sampler(self, dataset: Dataset, *, shuffle: bool, seed: int) -> Sampler:
+        from trainyard.data.loading import train_sampler
+
+        return train_sampler(dataset, shuffle=shuffle, seed=seed, rank=self.rank, world_size=self.world_size)
+
+    def eval_sampler(self, dataset: Dataset) -> Sampler:
+        from trainyard.data.loading import EvalShardSampler
+
+        return EvalShardSampler(len(dataset), self.rank, self.world_size)
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"
+
+
+def build_strategy(cfg: RunConfig) -> Strategy:
+    module, cls = STRATEGIES[cfg.parallel.strategy].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)
