@@ -38,52 +38,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transforms", help="list torchvision.transforms.v2 transforms, or document one")
     p.add_argument("name", nargs="?", help="a transform name, e.g. RandomRotation")
-    p.set_defaults(handler="trainyard.commands:transforms")
+    p.set_defaults(handler="trainyard.commands.vision:transforms")
 
     p = sub.add_parser("preview", help="write a PNG grid of augmented training samples with their labels")
     _config_args(p)
     p.add_argument("--out", default="preview.png", help="PNG file to write")
     p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.set_defaults(handler="trainyard.commands:preview")
+    p.set_defaults(handler="trainyard.commands.vision:preview")
 
     p = sub.add_parser("tune-workers", help="measure the loader's throughput per num_workers and recommend one")
     _config_args(p)
     p.add_argument("--max-seconds", type=float, default=60.0, help="time budget for the measurement")
     p.add_argument("--write", action="store_true", help="store the recommended value into the YAML file")
-    p.set_defaults(handler="trainyard.commands:tune_workers")
+    p.set_defaults(handler="trainyard.commands.workers:tune_workers")
 
     p = sub.add_parser("doctor", help="pre-flight checks on the real config, data and model")
     _config_args(p)
-    p.set_defaults(handler="trainyard.commands:doctor")
+    p.set_defaults(handler="trainyard.doctor:main")
 
     p = sub.add_parser("runs", help="a table of runs")
     p.add_argument("root", nargs="?", default=None, help="runs folder (default: track.root, runs)")
     p.add_argument("--sort", default="started", help="column to sort by")
     p.add_argument("--reverse", action="store_true", help="sort descending")
-    p.set_defaults(handler="trainyard.commands:runs")
+    p.set_defaults(handler="trainyard.commands.tracking:runs")
 
     p = sub.add_parser("compare", help="overlaid learning curves of several runs as a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--metric", default="val/accuracy")
     p.add_argument("--out", default="curves.png")
-    p.set_defaults(handler="trainyard.commands:compare")
+    p.set_defaults(handler="trainyard.commands.tracking:compare")
 
     p = sub.add_parser("report", help="a self-contained HTML report of one run")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", default="report.html")
-    p.set_defaults(handler="trainyard.commands:report")
+    p.set_defaults(handler="trainyard.commands.tracking:report")
 
     p = sub.add_parser("board", help="start TensorBoard on 127.0.0.1 and print its URL")
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--port", type=int, default=0, help="0: a free port")
-    p.set_defaults(handler="trainyard.commands:board")
+    p.set_defaults(handler="trainyard.commands.tracking:board")
 
     p = sub.add_parser("sweep", help="a grid or random search over hyperparameters, one run per trial")
     p.add_argument("overrides", nargs="*", metavar="[RUN.yaml] key=v1,v2,...")
     p.add_argument("--random", type=int, default=None, metavar="N", help="N random trials instead of the grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the random trials")
     p.add_argument("--name", default=None, help="sweep name (its folder under track.root)")
-    p.set_defaults(handler="trainyard.commands:sweep")
+    p.set_defaults(handler="trainyard.commands.tracking:sweep")
     return parser
 
 

@@ -1,0 +1,62 @@
+"""Shared fixtures. Subprocesses started by tests import trainyard from this checkout's src/."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+
+os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    """A free TCP port on 127.0.0.1 for one multi-process test."""
+    return free_port()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data: real MNIST, CIFAR-10 PNGs and the SMS Spam Collection (read-only)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> list[str]:
+    """Overrides for a fast run on digits in a temporary runs folder."""
+    return [
+        f"track.root={tmp_path / 'runs'}",
+        "trainer.epochs=2",
+        "trainer.log_every=5",
+        "model.width=8",
+        "trainer.progress=false",
+    ]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
+    """``python -m trainyard ARGS`` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "trainyard", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
