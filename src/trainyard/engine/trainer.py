@@ -100,9 +100,10 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """Collective: every rank calls it (a strategy may gather shards); only the primary's copy is complete."""
         return {
-            "model": self.strategy.unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.strategy.model_state_dict(self.model),
+            "optimizer": self.strategy.optimizer_state_dict(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -116,8 +117,8 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.strategy.unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_model_state_dict(self.model, state["model"])
+        self.strategy.load_optimizer_state_dict(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
@@ -126,9 +127,10 @@ class Trainer:
         self._first_batch_logged = True
 
     def save(self, name: str) -> None:
-        """Collective-safe: every rank calls it, the primary writes."""
+        """Collective: every rank calls it, the primary writes."""
+        state = self.state()
         if self.strategy.is_primary:
-            save_checkpoint(self.run_dir / "checkpoints" / name, self.state())
+            save_checkpoint(self.run_dir / "checkpoints" / name, state)
         self.strategy.barrier()
 
     # --- signals -----------------------------------------------------------------------
@@ -351,7 +353,7 @@ class Trainer:
         best_path = self.run_dir / "checkpoints" / "best.pt"
         if self.test_loader is not None:
             if best_path.exists():
-                self.strategy.unwrap(self.model).load_state_dict(load_checkpoint(best_path)["model"])
+                self.strategy.load_model_state_dict(self.model, load_checkpoint(best_path)["model"])
             info = self.data.info
             want_pictures = primary and self.cfg.track.images and self.tracker is not None
             result = self._evaluate(self.test_loader, "test", confusion=True, keep_wrong=32 if want_pictures else 0)

@@ -68,6 +68,21 @@ class Strategy:
         """The plain module whose state_dict goes into checkpoints."""
         return model
 
+    def model_state_dict(self, model: nn.Module) -> dict[str, Any] | None:
+        """Collective: every rank calls it; the primary gets the whole model's state_dict (others may get None)."""
+        return self.unwrap(model).state_dict()
+
+    def load_model_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Load a whole-model state_dict (as saved by any strategy) into this strategy's model."""
+        self.unwrap(model).load_state_dict(state)
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """Collective, like model_state_dict."""
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
     def no_sync(self, model: nn.Module) -> ContextManager:
         """Skip gradient synchronisation (accumulation micro-steps)."""
         return contextlib.nullcontext()
