@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one prepared script for a CUDA machine (run it whenever one is lent):
+#   bash benchmarks/gpu_check.sh            # from the repository root
+# Installs the package if needed, then runs the GPU checks and prints their RESULT lines.
+# Each section is guarded by what it needs, so it also runs on a single GPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+if ! $PY -c "import trainyard" 2>/dev/null; then
+  $PY -m pip install -q -e . || exit 1
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi -L || { echo "no CUDA device: nothing to check"; exit 0; }
+GPUS=$(nvidia-smi -L | wc -l)
+OUT=${OUT:-/tmp/trainyard-gpu}
+mkdir -p "$OUT"
+
+# --- issue 2: default job and overhead on cuda, bf16 and fp16, pinned memory ---------------
+for prec in bf16 fp16; do
+  echo "== default job, cuda, precision=$prec"
+  $PY -m trainyard train name=gpu-default-$prec track.root="$OUT/runs" trainer.device=cuda trainer.precision=$prec loader.pin_memory=true trainer.progress=false | tail -3
+done
+for prec in bf16 fp16; do
+  echo "== overhead benchmark, cuda, precision=$prec"
+  $PY benchmarks/overhead.py --device cuda --precision $prec --repeats 5 | grep -E "RESULT|ratio"
+done
