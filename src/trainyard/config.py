@@ -311,6 +311,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in fields:
             full = f"{prefix}{key}"
+            value = raw[key]
+            while isinstance(value, dict) and len(value) == 1:  # optimm: {lr: ..} reads as optimm.lr
+                sub, value = next(iter(value.items()))
+                full += f".{sub}"
             hint = suggest(full, all_keys()) or suggest(str(key), fields)
             raise ConfigError(f"unknown config key {full!r}{hint or '; allowed here: ' + ', '.join(fields)}")
     kwargs = {}
@@ -343,14 +347,14 @@ def _describe(t: Any) -> str:
     )
 
 
-def _check(key: str, value: Any, t: Any, meta: typing.Mapping) -> Any:
+def _check(key: str, given: Any, t: Any, meta: typing.Mapping) -> Any:
     try:
-        value = _coerce(value, t)
+        value = _coerce(given, t)
     except TypeError:
-        raise ConfigError(f"{key}={_show(value)}: expected {_describe(t)}") from None
+        raise ConfigError(f"{key}={_show(given)}: expected {_describe(t)}") from None
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{key}={_show(value)}: allowed values are {', '.join(map(str, choices))}{suggest(str(value), choices)}")
+        raise ConfigError(f"{key}={_show(given)}: allowed values are {', '.join(map(str, choices))}{suggest(str(value), choices)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         for limit, ok, words in (
             ("min", lambda v, b: v >= b, ">="),
@@ -359,7 +363,7 @@ def _check(key: str, value: Any, t: Any, meta: typing.Mapping) -> Any:
             ("lt", lambda v, b: v < b, "<"),
         ):
             if limit in meta and not ok(value, meta[limit]):
-                raise ConfigError(f"{key}={_show(value)}: must be {words} {meta[limit]}")
+                raise ConfigError(f"{key}={_show(given)}: must be {words} {meta[limit]:g}")
     return value
 
 

@@ -26,9 +26,6 @@ def resolve(args: argparse.Namespace) -> RunConfig:
 
 
 def train(args: argparse.Namespace) -> int:
-    from trainyard.engine.run import train as run_training
-    from trainyard.engine.trainer import Interrupted
-
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
@@ -45,6 +42,9 @@ def train(args: argparse.Namespace) -> int:
         if not run_doctor(cfg):
             print("trainyard: doctor found a FAIL; not training", file=sys.stderr)
             return 1
+    from trainyard.engine.run import train as run_training  # torch loads only once the config is valid
+    from trainyard.engine.trainer import Interrupted
+
     try:
         run_training(cfg, resume=args.resume)
     except Interrupted as exc:

@@ -159,8 +159,8 @@ class Trainer:
             while self.epoch < t.epochs and not self._done_steps():
                 start = time.perf_counter()
                 train_metrics = self.train_epoch()
-                if self._stop_signal is not None:
-                    self.save("last.pt")
+                if self._stop_signal is not None and self.batch_in_epoch < len(self.train_loader):
+                    self.save("last.pt")  # stopped mid-epoch: resume skips the batches already trained on
                     raise Interrupted(self._stop_signal, self.run_dir)
                 metrics = dict(train_metrics)
                 if self.val_loader is not None:
@@ -240,6 +240,9 @@ class Trainer:
             y = y.to(device, non_blocking=True)
             if not self._first_batch_logged:
                 self._log_first_batch(x)
+            if micro == 0:
+                # Cleared before the step rather than after it, so the last step's gradients stay for the histograms.
+                optimizer.zero_grad(set_to_none=True)
             batch_index += 1
             micro += 1
             sync = micro == accumulate or batch_index == total_batches
@@ -257,7 +260,6 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 scaler.step(optimizer)
                 scaler.update()
-                optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 self.step += 1
                 self.batch_in_epoch = batch_index

@@ -42,11 +42,11 @@ def labelled_grid(images: torch.Tensor, titles: Sequence[str], mean=None, std=No
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            img = images[i]
+            img = images[i].numpy()
             if img.shape[0] == 1:
                 ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
             else:
-                ax.imshow(img[:3].permute(1, 2, 0))
+                ax.imshow(img[:3].transpose(1, 2, 0))
             ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
     return fig
@@ -54,7 +54,7 @@ def labelled_grid(images: torch.Tensor, titles: Sequence[str], mean=None, std=No
 
 def confusion_figure(matrix: torch.Tensor, classes: Sequence[str]):
     plt = _pyplot()
-    m = matrix.detach().cpu()
+    m = matrix.detach().cpu().numpy()
     k = len(classes)
     size = max(4.0, 0.45 * k + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -64,7 +64,7 @@ def confusion_figure(matrix: torch.Tensor, classes: Sequence[str]):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 20:
-        top = m.max().item() or 1
+        top = m.max() or 1
         for i in range(k):
             for j in range(k):
                 v = int(m[i, j])

@@ -1,0 +1,174 @@
+"""Framework overhead: the same model, data, optimizer, schedule and steps through trainyard and through
+a plain PyTorch loop, alternating, median of N runs each.
+
+Two workloads: a tiny MLP on 64 features (real digits, replicated to 57,504 samples; framework cost
+dominates) and a small CNN on 28x28 MNIST (60,000 real images). Both sides read the same preloaded
+tensors through a DataLoader with batch 64, use AdamW with a per-step cosine schedule, and train for
+the same number of epochs. trainyard runs with its default tracking on (metrics.jsonl and TensorBoard:
+scalars every 50 steps, histograms, graph, image grid, checkpoints every epoch).
+
+Timed: from building the loaders to the end of the last epoch (Trainer(...) + fit() for trainyard);
+dataset loading and imports are outside the timing on both sides.
+
+    python benchmarks/overhead.py [--repeats 5] [--device cpu] [--precision 32]
+
+Ends with ``RESULT overhead_ratio_mlp`` and ``RESULT overhead_ratio_cnn`` (trainyard / raw throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from trainyard.config import load_config  # noqa: E402
+from trainyard.data import DATASETS, DataBundle, DataInfo  # noqa: E402
+from trainyard.data.splits import TensorPairs  # noqa: E402
+from trainyard.engine.run import seed_everything  # noqa: E402
+from trainyard.models import build_model  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+_CACHE: dict[str, DataBundle] = {}
+
+
+def digits64(cfg) -> DataBundle:
+    """Real digits as 64 features (8x8, scaled), replicated 32 times: a dataset big enough to time."""
+    if "mlp" not in _CACHE:
+        from sklearn.datasets import load_digits
+
+        raw = load_digits()
+        x = torch.from_numpy(raw.images).float().div(16).sub(0.3).div(0.4).unsqueeze(1).repeat(32, 1, 1, 1)
+        y = torch.from_numpy(raw.target).long().repeat(32)
+        info = DataInfo(kind="image", num_classes=10, classes=[str(i) for i in range(10)], in_channels=1, image_size=(8, 8), mean=(0.3,), std=(0.4,))
+        _CACHE["mlp"] = DataBundle(TensorPairs(x, y), None, None, info)
+    return _CACHE["mlp"]
+
+
+def mnist28(cfg) -> DataBundle:
+    """The 60,000 real MNIST training images, normalised, preloaded."""
+    if "cnn" not in _CACHE:
+        from torchvision.datasets import MNIST
+
+        ds = MNIST(root=str(SHARED), train=True, download=False)
+        x = ds.data.float().div(255).sub(0.1307).div(0.3081).unsqueeze(1)
+        info = DataInfo(kind="image", num_classes=10, classes=[str(i) for i in range(10)], in_channels=1, image_size=(28, 28), mean=(0.1307,), std=(0.3081,))
+        _CACHE["cnn"] = DataBundle(TensorPairs(x, ds.targets), None, None, info)
+    return _CACHE["cnn"]
+
+
+DATASETS["bench_digits64"] = f"{__name__}:digits64"
+DATASETS["bench_mnist28"] = f"{__name__}:mnist28"
+
+WORKLOADS = {
+    "mlp": ["data.dataset=bench_digits64", "model.name=mlp", "model.width=64", "model.depth=2", "trainer.epochs=3"],
+    "cnn": ["data.dataset=bench_mnist28", "model.name=cnn", "model.width=16", "model.depth=2", "trainer.epochs=1"],
+}
+
+
+def make_config(workload: str, root: str, device: str, precision: str, name: str):
+    return load_config(None, WORKLOADS[workload] + [
+        f"track.root={root}", f"name={name}", "data.val_fraction=0", "data.test_fraction=0", "loader.batch_size=64",
+        f"trainer.device={device}", f"trainer.precision={precision}", "trainer.progress=false",
+    ])
+
+
+def run_trainyard(cfg) -> float:
+    """Samples per second of Trainer(...) + fit() with the default tracking."""
+    from trainyard.engine.trainer import Trainer
+    from trainyard.parallel import build_strategy
+    from trainyard.track import build_trackers
+    from trainyard.track.rundir import new_run_dir
+    from trainyard.data import build_data
+
+    strategy = build_strategy(cfg)
+    strategy.setup()
+    seed_everything(cfg.seed)
+    data = build_data(cfg)
+    model = build_model(cfg.model, data.info)
+    run_dir = new_run_dir(cfg)
+    tracker = build_trackers(cfg, run_dir)
+    with contextlib.redirect_stdout(None):
+        sync(strategy.device)
+        start = time.perf_counter()
+        trainer = Trainer(cfg, strategy, data, model, run_dir, tracker)
+        trainer.fit()
+        sync(strategy.device)
+        elapsed = time.perf_counter() - start
+    tracker.close("finished")
+    return cfg.trainer.epochs * len(data.train) / elapsed
+
+
+def run_raw(cfg) -> float:
+    """The same training written by hand."""
+    from trainyard.data import build_data
+
+    device = torch.device("cuda" if cfg.trainer.device == "cuda" else "cpu")
+    seed_everything(cfg.seed)
+    data = build_data(cfg)
+    model = build_model(cfg.model, data.info).to(device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
+    sync(device)
+    start = time.perf_counter()
+    loader = torch.utils.data.DataLoader(data.train, batch_size=64, shuffle=True, pin_memory=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.trainer.epochs * len(loader))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(cfg.trainer.epochs):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+    sync(device)
+    return cfg.trainer.epochs * len(data.train) / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
+    parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=list(WORKLOADS))
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}")
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        for workload in args.workloads:
+            # one unmeasured run of each side first: caches, allocator, lazy imports
+            run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-warm-raw"))
+            run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-warm"))
+            raw, ours = [], []
+            for i in range(args.repeats):  # alternating, so drift hits both sides alike
+                raw.append(run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-raw-{i}")))
+                ours.append(run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-{i}")))
+            r, o = statistics.median(raw), statistics.median(ours)
+            results[workload] = o / r
+            print(f"{workload}: raw {r:,.0f} samples/s  trainyard {o:,.0f} samples/s  ratio {o / r:.3f}  "
+                  f"(raw runs {', '.join(f'{v:,.0f}' for v in raw)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})")
+    for workload, ratio in results.items():
+        print(f"RESULT overhead_ratio_{workload} {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The step loop: what a run writes, exact resume, atomic checkpoints, signals, and the knobs' effects."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from trainyard.cli import main
+from trainyard.config import load_config
+from trainyard.engine import checkpoint as checkpoint_module
+from trainyard.engine.checkpoint import load_checkpoint
+from trainyard.engine.run import train
+from trainyard.engine.trainer import Interrupted, Trainer
+from trainyard.errors import CheckpointError
+
+
+def config(tmp_path: Path, *overrides: str):
+    base = [f"track.root={tmp_path / 'runs'}", "trainer.epochs=2", "trainer.log_every=5", "model.width=8", "trainer.progress=false", "data.train_transforms=[]"]
+    return load_config(None, base + list(overrides))
+
+
+def weights(run_dir: Path, name: str = "last.pt") -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / name)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_run_folder_contents_and_metrics(tmp_path):
+    final = train(config(tmp_path, "name=r1"))
+    run = tmp_path / "runs" / "r1"
+    for f in ("config.yaml", "status.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / f).is_file(), f
+    assert list(run.glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in r and "epoch" in r for r in rows)
+    keys = set().union(*rows)
+    for k in ("train/loss", "val/loss", "val/accuracy", "test/accuracy", "lr", "perf/samples_per_s", "perf/data_wait_fraction"):
+        assert k in keys, k
+    assert 0.0 <= final["test/accuracy"] <= 1.0
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["final"]["test/accuracy"] == final["test/accuracy"]
+    assert load_config(run / "config.yaml") == config(tmp_path, "name=r1")
+
+
+def test_tensorboard_event_file_holds_every_kind(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(config(tmp_path, "name=tb"))
+    run = tmp_path / "runs" / "tb"
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0, "histograms": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "val/accuracy", "test/accuracy", "lr"} <= set(tags["scalars"])
+    assert any(t.startswith("weights/") for t in tags["histograms"]) and any(t.startswith("grads/") for t in tags["histograms"])
+    assert {"data/train_batch", "test/confusion_matrix"} <= set(tags["images"])
+    assert tags["graph"] is True
+    hparams = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(hparams)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optim.lr"].number_value == pytest.approx(3e-3)
+    assert start.hparams["model.name"].string_value == "cnn"
+    # add_scalars groups: train and val curves of one chart, as sub-runs of this run (no separate hparams sub-run)
+    loss_groups = {p.name for p in run.iterdir() if p.is_dir() and p.name.startswith("epoch_loss")}
+    assert loss_groups == {"epoch_loss_train", "epoch_loss_val"}
+    assert not [p for p in run.iterdir() if p.is_dir() and p.name.replace(".", "").isdigit()], "add_hparams' timestamped sub-run"
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
+    train(config(tmp_path, "name=keep", "trainer.epochs=1"))
+    before = (tmp_path / "runs" / "keep" / "checkpoints" / "last.pt").read_bytes()
+    code = main(["train", f"track.root={tmp_path / 'runs'}", "name=keep", "trainer.epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists" in err and "--resume" in err
+    assert (tmp_path / "runs" / "keep" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_resume_after_epoch_two_is_bitwise_identical(tmp_path, monkeypatch):
+    full = config(tmp_path, "name=full", "trainer.epochs=4")
+    train(full)
+
+    original = Trainer.train_epoch
+
+    def stop_after_second_epoch(self):
+        metrics = original(self)
+        if self.epoch == 1:
+            self._stop_signal = signal.SIGTERM  # as if SIGTERM arrived during epoch 2's last step
+        return metrics
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_after_second_epoch)
+    with pytest.raises(Interrupted):
+        train(config(tmp_path, "name=cut", "trainer.epochs=4"))
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    cut = tmp_path / "runs" / "cut"
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] == 2
+    assert json.loads((cut / "status.json").read_text())["status"] == "interrupted"
+
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert_same_weights(weights(tmp_path / "runs" / "full"), weights(cut))
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] == 4
+
+
+def test_sigterm_mid_epoch_saves_and_resumes_exactly(tmp_path):
+    common = [f"track.root={tmp_path / 'runs'}", "trainer.epochs=3", "model.width=8", "trainer.progress=false", "trainer.log_every=1", "loader.batch_size=16"]
+    assert main(["train", *common, "name=full"]) == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "trainyard", "train", *common, "name=cut"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 10):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "resume with: trainyard train --resume" in err and "Traceback" not in err
+    state = load_checkpoint(tmp_path / "runs" / "cut" / "checkpoints" / "last.pt")
+    assert state["step"] >= 10
+
+    assert main(["train", "--resume", str(tmp_path / "runs" / "cut")]) == 0
+    assert_same_weights(weights(tmp_path / "runs" / "full"), weights(tmp_path / "runs" / "cut"))
+
+
+def test_crash_while_writing_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    train(config(tmp_path, "name=c", "trainer.epochs=1"))
+    last = tmp_path / "runs" / "c" / "checkpoints" / "last.pt"
+    before = load_checkpoint(last)
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")  # the process is killed mid-write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_module.save_checkpoint(last, {"model": {}})
+    after = load_checkpoint(last)
+    assert_same_weights(before["model"], after["model"])
+    assert [p.name for p in last.parent.iterdir()] == sorted(["last.pt", "best.pt"]) or len(list(last.parent.iterdir())) == 2
+
+
+def test_corrupt_and_foreign_checkpoints_give_one_line(tmp_path, capsys):
+    train(config(tmp_path, "name=x", "trainer.epochs=1"))
+    run = tmp_path / "runs" / "x"
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(b"not a checkpoint at all")
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or not a torch checkpoint" in err and len(err.strip().splitlines()) == 1
+    torch.save({"weights": torch.zeros(2)}, last)
+    with pytest.raises(CheckpointError, match="not a trainyard checkpoint"):
+        load_checkpoint(last)
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_hot_path_reads_values_only_at_log_steps(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def counting(real):
+        def read(self, *args):
+            caller = sys._getframe(1).f_code.co_filename
+            if f"{os.sep}trainyard{os.sep}" in caller:  # trainyard's own reads (torch's optimizers read CPU step counters)
+                calls["n"] += 1
+            return real(self, *args)
+
+        return read
+
+    cfg = config(tmp_path, "name=sync", "trainer.epochs=1", "trainer.log_every=1000", "data.val_fraction=0", "data.test_fraction=0", "loader.batch_size=8")
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    trainer_steps = []
+    original = Trainer.train_epoch
+
+    def record(self):
+        out = original(self)
+        trainer_steps.append(self.step)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_epoch", record)
+    train(cfg)
+    assert trainer_steps[0] > 150  # many steps ...
+    assert calls["n"] <= 4  # ... and no host sync per step: the dataset's mean/std, and once at the end of the epoch
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    common = ["model.name=mlp", "optim.name=sgd", "optim.lr=0.1", "trainer.max_steps=6", "trainer.epochs=1", "data.val_fraction=0", "data.test_fraction=0", "data.train_transforms=[]"]
+    train(config(tmp_path, "name=big", "loader.batch_size=32", *common))
+    train(config(tmp_path, "name=acc", "loader.batch_size=16", "trainer.accumulate=2", *common))
+    a, b = weights(tmp_path / "runs" / "big"), weights(tmp_path / "runs" / "acc")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_clip_grad_norm_bounds_each_sgd_step(tmp_path):
+    common = ["model.name=mlp", "optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.lr=1.0", "schedule.name=constant", "trainer.max_steps=3", "trainer.epochs=1"]
+    train(config(tmp_path, "name=clipped", "trainer.clip_grad_norm=1e-4", *common))
+    start = load_config(None, [])  # the initial weights: same seed, same model
+    from trainyard.data import build_data
+    from trainyard.engine.run import seed_everything
+    from trainyard.models import build_model
+
+    cfg = config(tmp_path, "model.name=mlp")
+    seed_everything(cfg.seed)
+    data = build_data(cfg)
+    init = build_model(cfg.model, data.info).state_dict()
+    after = weights(tmp_path / "runs" / "clipped")
+    moved = torch.sqrt(sum(((after[k] - init[k]) ** 2).sum() for k in init))
+    assert 0 < moved <= 3 * 1e-4 * 1.0001
+    assert start is not None
+
+
+def test_early_stopping_stops_when_the_monitor_stalls(tmp_path):
+    final = train(config(tmp_path, "name=es", "model.name=mlp", "trainer.epochs=10", "trainer.patience=2", "optim.lr=1e-12", "schedule.name=constant"))
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "es" / "metrics.jsonl").read_text().splitlines()]
+    epochs = {r["epoch"] for r in rows if "val/accuracy" in r}
+    assert len(epochs) == 3  # the first sets the best, two more without improvement
+    assert "test/accuracy" in final
+
+
+def test_bf16_autocast_on_cpu_and_fp16_needs_cuda(tmp_path, capsys):
+    final = train(config(tmp_path, "name=bf16", "trainer.precision=bf16", "trainer.epochs=1"))
+    assert final["test/accuracy"] > 0.3
+    if not torch.cuda.is_available():
+        assert main(["train", f"track.root={tmp_path / 'runs'}", "trainer.precision=fp16", "trainer.device=cpu"]) == 2
+        assert "trainer.precision=fp16: needs a CUDA device" in capsys.readouterr().err
+
+
+def test_same_seed_same_run_and_deterministic_mode(tmp_path):
+    train(config(tmp_path, "name=a", "trainer.epochs=1", "trainer.deterministic=true"))
+    train(config(tmp_path, "name=b", "trainer.epochs=1", "trainer.deterministic=true"))
+    train(config(tmp_path, "name=c", "trainer.epochs=1", "seed=1"))
+    assert_same_weights(weights(tmp_path / "runs" / "a"), weights(tmp_path / "runs" / "b"))
+    assert not torch.equal(weights(tmp_path / "runs" / "a")["0.0.weight"], weights(tmp_path / "runs" / "c")["0.0.weight"])
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "cosine", "onecycle"])
+def test_schedules(name):
+    from trainyard.config import ScheduleConfig
+    from trainyard.engine.optim import build_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    cfg = ScheduleConfig(name=name, warmup_steps=5, step_epochs=1, gamma=0.5, min_lr=0.001)
+    sched = build_scheduler(opt, cfg, total_steps=40, steps_per_epoch=10, max_lr=0.1)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5]  # warmup rises
+    assert max(lrs) == pytest.approx(0.1, rel=1e-3)
+    if name == "constant":
+        assert lrs[10:] == pytest.approx([0.1] * 30)
+    if name == "cosine":
+        assert lrs[-1] == pytest.approx(0.001, abs=2e-3) and lrs[20] > lrs[30]
+    if name == "step":
+        assert sorted(set(round(x, 6) for x in lrs[5:])) == sorted(set(round(x, 6) for x in lrs[5:]))
+        assert lrs[-1] < lrs[6]
+    if name == "onecycle":
+        assert lrs[-1] < 0.01
+
+
+def test_progress_bar_is_quiet_when_output_is_not_a_terminal(tmp_path):
+    proc = run_cli("train", f"track.root={tmp_path}", "name=q", "trainer.epochs=1", "model.width=8")
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr
+    assert "test accuracy" in proc.stdout and f"tensorboard --logdir {tmp_path / 'q'}" in proc.stdout
+
+
+def test_graph_tracing_failure_is_a_warning(tmp_path):
+    from trainyard.track.tensorboard import TensorBoardTracker
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return {"not": "a tensor"}
+
+    tracker = TensorBoardTracker(config(tmp_path), tmp_path)
+    with pytest.warns(UserWarning, match="model graph not logged"):
+        tracker.log_graph(Untraceable(), torch.zeros(1, 3))
+    tracker.close("finished")
