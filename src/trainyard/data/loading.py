@@ -1,0 +1,138 @@
+"""DataLoaders, samplers and collate functions.
+
+Training order is a function of (seed, epoch) alone, like ``DistributedSampler`` with
+``set_epoch``: that makes a resumed run see exactly the batches the uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from trainyard.config import LoaderConfig
+from trainyard.errors import ConfigError
+
+
+class ResumableSampler(Sampler[int]):
+    """Wraps a sampler with ``set_epoch`` and can skip the first ``skip`` indices of the next epoch
+    (used once, to resume a run that stopped mid-epoch)."""
+
+    def __init__(self, inner: Sampler[int]):
+        self.inner = inner
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        for i, index in enumerate(self.inner):
+            if i >= skip:
+                yield index
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class EvalShardSampler(Sampler[int]):
+    """Rank r of w gets indices r, r+w, r+2w, ...: every sample exactly once across ranks, no padding
+    (``DistributedSampler`` pads with duplicates, which would skew validation metrics)."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def train_sampler(dataset: Dataset, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> ResumableSampler:
+    inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    return ResumableSampler(inner)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed python and numpy in a worker from torch's per-worker seed (base_seed + worker_id),
+    so augmentations differ between workers and repeat for the same run seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def resolve_collate(spec: str, dataset_default: Callable | None = None) -> Callable | None:
+    """``default`` (the dataset's own, else torch's), ``pad``, or ``package.module:function``."""
+    if spec == "default":
+        return dataset_default
+    if spec == "pad":
+        from trainyard.data.collate import pad_collate
+
+        return pad_collate
+    if ":" not in spec:
+        raise ConfigError(f"loader.collate={spec}: allowed values are default, pad, or package.module:function")
+    module_name, func_name = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"loader.collate={spec}: cannot import {module_name} ({exc})") from None
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise ConfigError(f"loader.collate={spec}: {module_name} has no attribute {func_name!r}")
+    if not callable(func):
+        raise ConfigError(f"loader.collate={spec}: {module_name}.{func_name} is not callable")
+    return func
+
+
+def resolve_pin_memory(value: bool | str, device: torch.device) -> bool:
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def resolve_num_workers(value: int | str) -> int:
+    if value == "auto":
+        from trainyard.data.workers import auto_num_workers
+
+        return auto_num_workers()
+    return int(value)
+
+
+def build_loader(
+    dataset: Dataset,
+    cfg: LoaderConfig,
+    *,
+    device: torch.device,
+    sampler: Sampler | None = None,
+    train: bool,
+    collate_fn: Callable | None = None,
+    batch_sampler: Sampler | None = None,
+) -> DataLoader:
+    """One DataLoader from the loader config. Training loaders get a generator the trainer reseeds each epoch."""
+    workers = resolve_num_workers(cfg.num_workers)
+    if cfg.prefetch_factor is not None and workers == 0:
+        raise ConfigError(f"loader.prefetch_factor={cfg.prefetch_factor}: needs loader.num_workers > 0 (it is 0)")
+    batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
+    kwargs: dict[str, Any] = dict(
+        num_workers=workers,
+        pin_memory=resolve_pin_memory(cfg.pin_memory, device),
+        collate_fn=resolve_collate(cfg.collate, collate_fn),
+        worker_init_fn=seed_worker if workers > 0 else None,
+        persistent_workers=cfg.persistent_workers and workers > 0,
+        generator=torch.Generator(),
+    )
+    if cfg.prefetch_factor is not None:
+        kwargs["prefetch_factor"] = cfg.prefetch_factor
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=cfg.drop_last and train, **kwargs)
+
+
+def batches_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
