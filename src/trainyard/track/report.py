@@ -106,7 +106,8 @@ def learning_curves_svg(run: Run) -> str | None:
     panels: dict[str, list[str]] = {}
     for name in names:
         panels.setdefault(name.split("/", 1)[1] if "/" in name else name, []).append(name)
-    panels = {k: v for k, v in panels.items() if any(len(curve(run, n)[0]) > 1 for n in v)}
+    order = {"loss": 0, "accuracy": 1}
+    panels = {k: v for k, v in sorted(panels.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])) if any(curve(run, n)[0] for n in v)}
     if not panels:
         return None
     plt = _pyplot()
@@ -153,7 +154,7 @@ def build_report(run: Run) -> str:
         monitor = f" (best {html.escape(run.monitor)}: {format_value(run.best)})" if run.monitor else ""
         parts += [f"<h2>{title}{monitor}</h2>", _table([(k, run.metrics[k]) for k in keys])]
     svg = learning_curves_svg(run)
-    parts += ["<h2>Learning curves</h2>", svg if svg else "<p>fewer than two logged points per metric</p>"]
+    parts += ["<h2>Learning curves</h2>", svg if svg else "<p>no metrics logged yet</p>"]
 
     pictures = [
         ("test_confusion_matrix.png", "Confusion matrix", "test set, best checkpoint; rows: true class, columns: predicted"),
