@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random", type=int, default=None, metavar="N", help="N random trials instead of the grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the random trials")
     p.add_argument("--name", default=None, help="sweep name (its folder under track.root)")
+    p.add_argument("--resume", metavar="SWEEP_DIR", default=None, help="continue an interrupted sweep from its sweep.json")
     p.set_defaults(handler="trainyard.commands.tracking:sweep")
     return parser
 

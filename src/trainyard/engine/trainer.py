@@ -314,6 +314,7 @@ class Trainer:
             return
         info = self.data.info
         plain = self.strategy.unwrap(self.model)
+        self.tracker.watch(plain)
         if self.cfg.track.graph:
             was_training = plain.training
             plain.eval()

@@ -15,6 +15,7 @@ from trainyard.errors import ConfigError
 # backend name -> "module:class"
 BACKENDS: dict[str, str] = {
     "tensorboard": "trainyard.track.tensorboard:TensorBoardTracker",
+    "wandb": "trainyard.track.wandb:WandbTracker",
 }
 
 
@@ -29,6 +30,9 @@ class Tracker:
 
     def log_histograms(self, model: nn.Module, step: int) -> None:
         """Weight and gradient histograms."""
+
+    def watch(self, model: nn.Module) -> None:
+        """Called once before the first step: a backend may hook the model (e.g. sparse gradient logging)."""
 
     def log_graph(self, model: nn.Module, example: Any) -> None:
         """The model graph; never raises."""
@@ -65,6 +69,9 @@ class Trackers(Tracker):
     def log_histograms(self, model, step):
         self._each("log_histograms", model, step)
 
+    def watch(self, model):
+        self._each("watch", model)
+
     def log_graph(self, model, example):
         self._each("log_graph", model, example)
 
@@ -73,6 +80,9 @@ class Trackers(Tracker):
 
     def log_figure(self, tag, figure, step):
         self._each("log_figure", tag, figure, step)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)  # every backend has rendered it
 
     def log_hparams(self, hparams, metrics):
         self._each("log_hparams", hparams, metrics)
@@ -85,14 +95,19 @@ def check_backends(names: list) -> None:
     for name in names:
         if name not in BACKENDS:
             raise ConfigError(f"track.backends: unknown backend {name!r}; allowed: {', '.join(BACKENDS)}{suggest(str(name), BACKENDS)}")
+    if "wandb" in names:
+        from trainyard.track.wandb import import_wandb
+
+        import_wandb()  # an optional extra: fail before anything runs, with the install command
 
 
 def build_trackers(cfg: RunConfig, run_dir: Path, *, resume_step: int | None = None) -> Tracker:
-    """The trackers of the primary process. metrics.jsonl is always written."""
+    """The trackers of the primary process. metrics.jsonl and media/*.png (for reports) are always written."""
     from trainyard.track.jsonl import JsonlTracker
+    from trainyard.track.media import MediaTracker
 
     check_backends(cfg.track.backends)
-    trackers: list[Tracker] = [JsonlTracker(run_dir)]
+    trackers: list[Tracker] = [JsonlTracker(run_dir), MediaTracker(run_dir)]
     for name in cfg.track.backends:
         module, cls = BACKENDS[name].split(":")
         trackers.append(getattr(importlib.import_module(module), cls)(cfg, run_dir, resume_step=resume_step))

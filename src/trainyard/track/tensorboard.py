@@ -46,7 +46,7 @@ class TensorBoardTracker(Tracker):
         self.writer.add_image(tag, image, step)
 
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        self.writer.add_figure(tag, figure, step)
+        self.writer.add_figure(tag, figure, step, close=False)  # Trackers closes it once every backend has it
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         # SummaryWriter.add_hparams writes into a new timestamped sub-folder, which splits the run in two

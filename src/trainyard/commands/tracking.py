@@ -1,0 +1,98 @@
+"""``trainyard runs | compare | report | board | sweep``: tracking beyond one run."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from trainyard.errors import ConfigError
+
+
+def runs(args: argparse.Namespace) -> int:
+    from trainyard.track.runs import find_runs, format_table, load_run, runs_table
+
+    root = Path(args.root or "runs")
+    found = [load_run(p, root) for p in find_runs(root)]
+    if not found:
+        print(f"no runs in {root}")
+        return 0
+    headers, rows = runs_table(found, sort=args.sort, reverse=args.reverse)
+    print(format_table(headers, rows))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from trainyard.track.report import compare_curves
+    from trainyard.track.runs import load_run, resolve_run
+
+    paths = [resolve_run(r) for r in args.runs]
+    loaded = [load_run(p) for p in paths]
+    if len({r.name for r in loaded}) < len(loaded):  # same folder name under different parents: show the paths
+        for run, path in zip(loaded, paths):
+            run.name = str(path)
+    missing = compare_curves(loaded, args.metric, Path(args.out))
+    for name in missing:
+        print(f"note: {name} logged no {args.metric}", file=sys.stderr)
+    print(f"wrote {args.out}: {args.metric} of {len(loaded) - len(missing)} run{'s' if len(loaded) - len(missing) != 1 else ''}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from trainyard.track.report import write_report
+    from trainyard.track.runs import load_run, resolve_run
+
+    run = load_run(resolve_run(args.run))
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: the report is an HTML file (.html)")
+    write_report(run, out)
+    print(f"wrote {out} (self-contained: open it in any browser)")
+    return 0
+
+
+def board(args: argparse.Namespace) -> int:
+    from trainyard.track.board import start_tensorboard, stop
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: must be 0 (a free port) to 65535")
+    proc, url = start_tensorboard(Path(args.root), port=args.port)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server with us
+    try:
+        print(f"TensorBoard on {args.root}: {url}  (Ctrl-C stops it)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from trainyard.commands import split_config_args
+    from trainyard.track.runs import format_table
+    from trainyard.track.sweep import Sweep
+
+    if args.resume:
+        if args.overrides or args.random is not None or args.name:
+            raise ConfigError("--resume takes the sweep folder only: its sweep.json holds the spec")
+        job = Sweep.load(Path(args.resume))
+    else:
+        config, items = split_config_args(args.overrides)
+        job = Sweep.create(config, items, args.random, args.seed, args.name)
+    todo = sum(t["status"] not in ("finished", "failed") for t in job.trials)
+    print(f"sweep {job.folder}: {len(job.trials)} trials, {todo} to run", flush=True)
+    done = job.run()
+    headers, rows, monitor = job.summary()
+    if rows:
+        print(f"\nsweep {job.folder}" + (f", best {monitor} first:" if monitor else ":"))
+        print(format_table(headers, rows))
+    if not done:
+        print(f"trainyard: sweep interrupted; resume with: trainyard sweep --resume {job.folder}", file=sys.stderr)
+        return 130
+    failed = [t["name"] for t in job.trials if t["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} trial{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}", file=sys.stderr)
+    print(f"compare them in TensorBoard's HParams tab: trainyard board {job.folder}")
+    return 1 if failed and len(failed) == len(job.trials) else 0

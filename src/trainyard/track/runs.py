@@ -1,0 +1,225 @@
+"""Reading run folders back: find them, tell their real status, and lay several out as one sortable table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainyard.config import suggest
+from trainyard.errors import ConfigError, TrainyardError
+from trainyard.track.jsonl import read_metrics
+from trainyard.track.rundir import read_status
+
+# Config keys that say where a run is recorded, not how it trains: never shown as hyperparameters.
+NOT_HPARAMS = ("name", "track.")
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str  # relative to the folder that was listed, e.g. ``sweep1/trial-003``
+    status: str
+    started: float | None
+    duration_s: float | None
+    config: dict[str, Any]  # flat: {"optim.lr": 0.01, ...}
+    metrics: dict[str, float]  # final metrics (status.json), or the latest logged ones while running
+    monitor: str | None = None
+    best: float | None = None
+    status_json: dict[str, Any] = field(default_factory=dict)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def real_status(status: dict[str, Any], path: Path) -> str:
+    """status.json says ``running`` until the process writes its end; a process killed hard (SIGKILL, OOM,
+    power loss) never does. On this host a dead pid means the run stopped: ``interrupted`` when it can be
+    resumed from checkpoints/last.pt, else ``failed``."""
+    value = status.get("status", "unknown")
+    env = status.get("environment") or {}
+    if value == "running" and env.get("host") == platform.node() and isinstance(env.get("pid"), int) and not _alive(env["pid"]):
+        return "interrupted" if (path / "checkpoints" / "last.pt").exists() else "failed"
+    return value
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and ((path / "status.json").is_file() or (path / "metrics.jsonl").is_file())
+
+
+def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
+    """Run folders at or under ``root`` (sweeps nest their trials one level down)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TrainyardError(f"runs folder {root} not found")
+    if is_run_dir(root):
+        return [root]
+    found: list[Path] = []
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            continue
+        for child in children:
+            if is_run_dir(child):
+                found.append(child)
+            elif depth + 1 < max_depth and child.name not in ("checkpoints", "wandb", "media"):
+                stack.append((child, depth + 1))
+    return sorted(found)
+
+
+def load_run(path: Path, root: Path | None = None) -> Run:
+    path = Path(path)
+    if not is_run_dir(path):
+        raise TrainyardError(f"{path}: not a run folder (no config.yaml with status.json or metrics.jsonl)")
+    status = read_status(path)
+    try:
+        config = flatten(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError) as exc:
+        raise TrainyardError(f"{path / 'config.yaml'}: unreadable ({exc})") from None
+    value = real_status(status, path)
+    started = status.get("started")
+    duration = status.get("duration_s")
+    metrics = dict(status.get("final") or {})
+    if not metrics:  # still running, or stopped before the end: the latest logged value of each metric
+        for row in read_metrics(path):
+            metrics.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
+    if duration is None and started is not None:
+        if value == "running":
+            duration = time.time() - started
+        elif (path / "metrics.jsonl").exists():
+            duration = (path / "metrics.jsonl").stat().st_mtime - started
+    name = str(path.relative_to(root)) if root is not None and path != root else path.name
+    return Run(path, name, value, started, duration, config, metrics, status.get("monitor"), status.get("best"), status)
+
+
+def resolve_run(arg: str, default_root: str = "runs") -> Path:
+    """A run given as a folder, or as a name under ./runs."""
+    path = Path(arg)
+    if not path.is_dir() and (Path(default_root) / arg).is_dir():
+        path = Path(default_root) / arg
+    if not path.is_dir():
+        raise TrainyardError(f"run {arg}: no such folder (give a run folder, e.g. runs/NAME)")
+    if not is_run_dir(path):
+        raise TrainyardError(f"{path}: not a run folder (no config.yaml with status.json or metrics.jsonl)")
+    return path
+
+
+def differing_hparams(runs: list[Run]) -> list[str]:
+    """Config keys whose value is not the same in every run (keys missing somewhere count as differing)."""
+    keys = sorted({k for r in runs for k in r.config if not k.startswith(NOT_HPARAMS)})
+    sentinel = object()
+    return [k for k in keys if len({repr(r.config.get(k, sentinel)) for r in runs}) > 1]
+
+
+def metric_columns(runs: list[Run]) -> list[str]:
+    names = {k for r in runs for k in r.metrics if k.startswith(("best/", "test/", "val/"))}
+    order = {"best/": 0, "test/": 1, "val/": 2}
+    return sorted(names, key=lambda k: (order[k[: k.index("/") + 1]], k))
+
+
+def format_time(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def runs_table(runs: list[Run], sort: str = "started", reverse: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted rows: name, status, started, duration, the differing hparams, the metrics."""
+    hparams = differing_hparams(runs) if len(runs) > 1 else []
+    metrics = metric_columns(runs)
+    headers = ["name", "status", "started", "duration", *hparams, *metrics]
+    raw = [[r.name, r.status, r.started, r.duration_s, *(r.config.get(k) for k in hparams), *(r.metrics.get(k) for k in metrics)] for r in runs]
+
+    column = sort_column(headers, sort)
+    index = headers.index(column)
+    present = [row for row in raw if row[index] is not None]
+    missing = [row for row in raw if row[index] is None]  # always last
+
+    def key(row):
+        v = row[index]
+        return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+
+    present.sort(key=key, reverse=reverse)
+    rows = []
+    for row in present + missing:
+        rows.append([row[0], row[1], format_time(row[2]), format_duration(row[3]), *(format_value(v) for v in row[4:])])
+    return headers, rows
+
+
+def sort_column(headers: list[str], sort: str) -> str:
+    """``--sort`` takes a column name, or an unambiguous ending of one (``lr`` for ``optim.lr``)."""
+    if sort in headers:
+        return sort
+    matches = [h for h in headers if h.endswith(("." + sort, "/" + sort))]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"--sort {sort}: ambiguous, matches {', '.join(matches)}")
+    raise ConfigError(f"--sort {sort}: no such column; columns: {', '.join(headers)}{suggest(sort, headers)}")
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    numeric = [i >= 4 and all(_is_number(r[i]) or r[i] == "-" for r in rows) for i in range(len(headers))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
