@@ -279,7 +279,7 @@ def sync(device: torch.device) -> None:
 
 
 def fmt(x: float) -> str:
-    """A short number: 0.003, 7.5e-05, 1.2e+03."""
+    """A short number, two significant digits: 0.003, 0.0059, 1000, 1.0e-07."""
     if x == 0 or not math.isfinite(x):
         return str(x)
-    return f"{x:.2g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.1e}"
+    return f"{float(f'{x:.2g}'):g}" if 1e-4 <= abs(x) < 1e5 else f"{x:.1e}"

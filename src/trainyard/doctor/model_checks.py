@@ -99,7 +99,8 @@ def overfit(ctx: Context) -> Finding:
             break
     first, final = losses[0], min(losses[-5:])
     drop = 1 - final / first if first > 0 else 0.0
-    seen = f"one batch of {len(y)}, optim.lr={fmt(cfg.optim.lr)}: loss {first:.3f} -> {final:.3f} ({drop:.0%} lower) in {len(losses)} steps"
+    change = f"{drop:.0%} lower" if final <= first else f"{final / first:.0f}x higher"
+    seen = f"one batch of {len(y)}, optim.lr={fmt(cfg.optim.lr)}: loss {first:.3f} -> {final:.3f} ({change}) in {len(losses)} steps"
     if drop >= OVERFIT_DROP and math.isfinite(final):
         return ok(seen)
     causes = []
