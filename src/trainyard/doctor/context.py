@@ -261,10 +261,6 @@ def float_tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
-def batch_size_of(y: torch.Tensor) -> int:
-    return int(y.shape[0])
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
