@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="pre-flight checks on the real config, data and model")
     _config_args(p)
+    p.add_argument("--only", action="append", metavar="CHECK[,CHECK]", help="run only these checks (labels, forward, inputs, overfit, ..., lr)")
+    p.add_argument("--skip", action="append", metavar="CHECK[,CHECK]", help="skip these checks")
     p.set_defaults(handler="trainyard.doctor:main")
 
     p = sub.add_parser("runs", help="a table of runs")
