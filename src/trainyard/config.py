@@ -47,6 +47,7 @@ class DataConfig:
     train_transforms: Union[list, None] = opt(None, "list of {Name: {arg: value}} torchvision.transforms.v2 entries; null: the dataset's default")
     eval_transforms: Union[list, None] = opt(None, "as train_transforms, for validation and test; null: the dataset's default")
     skip_bad_files: bool = opt(False, "skip unreadable images (and count them) instead of stopping")
+    max_samples: Union[int, None] = opt(None, "cap each split at about this many samples (stratified, seeded by split_seed); for quick runs", min=1)
     # text
     path: Union[str, None] = opt(None, "text dataset: a CSV, TSV or JSONL file")
     val_path: Union[str, None] = opt(None, "text dataset: a separate validation file")

@@ -6,6 +6,15 @@ class TrainyardError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # Raised in a DataLoader worker, the error comes back re-created from a message that holds the
+        # worker's traceback; its last line is the original message.
+        text = super().__str__()
+        if "\nOriginal Traceback" in text:
+            last = text.rstrip().splitlines()[-1]
+            return last.split(": ", 1)[1] if ": " in last else last
+        return text
+
 
 class ConfigError(TrainyardError):
     """A bad config key or value."""

@@ -43,6 +43,11 @@ class DataBundle:
 # name -> "module:function"; modules are imported only when their dataset is used.
 DATASETS: dict[str, str] = {
     "digits": "trainyard.data.vision:digits",
+    "mnist": "trainyard.data.vision:mnist",
+    "fashion_mnist": "trainyard.data.vision:fashion_mnist",
+    "cifar10": "trainyard.data.vision:cifar10",
+    "cifar100": "trainyard.data.vision:cifar100",
+    "image_folder": "trainyard.data.vision:image_folder",
 }
 
 

@@ -239,7 +239,7 @@ class Trainer:
             x = move(x, device)
             y = y.to(device, non_blocking=True)
             if not self._first_batch_logged:
-                self._log_first_batch(x)
+                self._log_first_batch(x, y)
             if micro == 0:
                 # Cleared before the step rather than after it, so the last step's gradients stay for the histograms.
                 optimizer.zero_grad(set_to_none=True)
@@ -308,7 +308,7 @@ class Trainer:
         if progress is not None:
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", samples_s=f"{metrics['perf/samples_per_s']:.0f}", refresh=False)
 
-    def _log_first_batch(self, x: Any) -> None:
+    def _log_first_batch(self, x: Any, y: Any = None) -> None:
         self._first_batch_logged = True
         if self.tracker is None:
             return
@@ -324,6 +324,10 @@ class Trainer:
             from trainyard.track.figures import image_grid
 
             self.tracker.log_image("data/train_batch", image_grid(x[:64], info.mean, info.std), self.step)
+            if isinstance(y, torch.Tensor) and y.dim() == 1:  # the same labelled grid `trainyard preview` writes
+                from trainyard.track.figures import samples_figure
+
+                self.tracker.log_figure("data/train_samples", samples_figure(x[:32], y[:32].tolist(), info.classes, info.mean, info.std), self.step)
 
     def _evaluate(self, loader, prefix: str, **kwargs: Any) -> EvalResult:
         return evaluate(
