@@ -68,6 +68,7 @@ class ModelConfig:
 
     name: str = opt("cnn", "cnn, mlp, a torchvision.models name (resnet18, ...), embedding_bag, gru, lstm, transformer")
     pretrained: bool = opt(False, "torchvision models: load locally cached pretrained weights")
+    small_stem: Union[bool, Literal["auto"]] = opt("auto", "torchvision ResNets from scratch: 3x3 stride-1 stem, no max-pooling (auto: images <= 64 pixels; 16x the compute at 32x32)")
     width: int = opt(32, "cnn: channels of the first block (doubling per block); mlp: hidden units", min=1)
     depth: int = opt(2, "cnn: conv blocks; mlp: hidden layers; rnn/transformer: layers", min=1)
     dropout: float = opt(0.0, "dropout probability before the classifier", min=0.0, lt=1.0)

@@ -37,7 +37,7 @@ NOT_PER_IMAGE: dict[str, tuple[str, str]] = {
 # Steps that need a float image: the automatic conversion goes before the first of them.
 NEEDS_FLOAT = ("Normalize", "GaussianNoise", "LinearTransformation")
 # Steps that already convert to float (then no conversion is added).
-CONVERTS = ("ToDtype", "ConvertImageDtype", "ToTensor")
+CONVERTS = ("ToDtype", "ConvertImageDtype")  # ToTensor leaves tensors as they are: it converts PIL images only
 # Steps whose ``transforms`` argument is itself a list of entries.
 CONTAINERS = ("Compose", "RandomApply", "RandomChoice", "RandomOrder")
 
@@ -46,11 +46,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "CenterCrop": {"size": 24},
     "Compose": {"transforms": [{"RandomHorizontalFlip": {}}, {"RandomRotation": {"degrees": 10}}]},
     "ConvertBoundingBoxFormat": {"format": "XYXY"},
+    "CutMix": {"num_classes": 10},
     "FiveCrop": {"size": 16},
     "GaussianBlur": {"kernel_size": 3},
     "JPEG": {"quality": [50, 90]},
     "Lambda": {"lambd": "torchvision.transforms.v2.functional:vertical_flip"},
-    "Normalize": {"mean": [0.5], "std": [0.25]},
+    "MixUp": {"num_classes": 10},
+    "Normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    "Pad": {"padding": 4},
     "RandomAdjustSharpness": {"sharpness_factor": 2.0},
     "RandomAffine": {"degrees": 10, "translate": [0.1, 0.1]},
     "RandomApply": {"transforms": [{"ColorJitter": {"brightness": 0.4}}], "p": 0.8},

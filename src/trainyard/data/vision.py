@@ -370,7 +370,7 @@ def _assemble(cfg: RunConfig, where: str, splits: dict[str, Any], classes: list[
         image_size=(int(eval_out.shape[1]), int(eval_out.shape[2])),
         mean=tuple(mean),
         std=tuple(std),
-        extra={"skipped_files": sum(getattr(ds, "skipped", 0) for ds, _ in chosen.values()) if where.startswith("image_folder") else 0},
+        extra={"skipped_files": sum(getattr(ds, "skipped", 0) for ds in {id(ds): ds for ds, _ in chosen.values()}.values())},
     )
     views = {
         name: TransformedSubset(ds, idx, train_tf if name == "train" else eval_tf) if idx else None

@@ -3,8 +3,9 @@
 - Class count: the classifier is built (or, with pretrained weights, replaced) for ``info.num_classes``.
 - Input channels: the first convolution is rebuilt for ``info.in_channels``; pretrained RGB filters are
   summed (1 channel) or repeated and rescaled (more channels), as timm does.
-- Small images (<= 64 pixels): ResNet-family stems without pretrained weights use a 3x3 stride-1
-  convolution and no max-pooling, the usual CIFAR ResNet, so a 28x28 MNIST digit is not reduced to 1 pixel.
+- Small images (<= 64 pixels, ``model.small_stem: auto``): ResNet-family stems without pretrained weights use
+  a 3x3 stride-1 convolution and no max-pooling, the usual CIFAR ResNet, so a 28x28 MNIST digit is not
+  reduced to 7x7 by the stem (at 16x the compute; ``model.small_stem: false`` keeps the ImageNet stem).
 - ``model.pretrained: true`` loads weights from the local torch hub cache only; a missing file is a one-line
   error that says where the file is expected and how to fetch it.
 """
@@ -60,7 +61,8 @@ def torchvision_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
     else:
         kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
         model = models.get_model(name, weights=None, num_classes=info.num_classes, **kwargs)
-        if min(info.image_size) <= SMALL_IMAGE and name.startswith(RESNET_FAMILY):
+        small = min(info.image_size) <= SMALL_IMAGE if cfg.small_stem == "auto" else cfg.small_stem
+        if small and name.startswith(RESNET_FAMILY):
             _small_image_stem(model)
     _adapt_input_channels(model, name, info.in_channels)
     _check_runs(model, name, info)
