@@ -179,7 +179,7 @@ class ImageFiles(Dataset):
     converted to it, so a folder mixing grey, RGB and RGBA files yields one channel count)."""
 
     def __init__(self, paths: list[str], labels: list[int], classes: list[str], *, skip_bad: bool, mode: str = "rgb"):
-        self.paths, self.labels, self.classes = paths, torch.as_tensor(labels, dtype=torch.long), classes
+        self.paths, self.labels, self.classes = paths, list(labels), classes  # plain ints: no tensor indexing per sample
         self.skip_bad, self.mode = skip_bad, mode
         self.bad: set[str] = set()  # counted per process
 
@@ -190,7 +190,7 @@ class ImageFiles(Dataset):
         for j in range(len(self.paths)):
             index = (i + j) % len(self.paths)
             try:
-                return read_image(self.paths[index], self.mode), int(self.labels[index])
+                return read_image(self.paths[index], self.mode), self.labels[index]
             except Exception as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if not self.skip_bad:
@@ -325,6 +325,7 @@ def _assemble(cfg: RunConfig, where: str, splits: dict[str, Any], classes: list[
     """``splits``: name -> (base dataset, indices or None for all, labels of the base). Missing val/test
     are held out of train (stratified, seeded by data.split_seed); every split is capped by data.max_samples."""
     d = cfg.data
+    splits = {name: (ds, idx, torch.as_tensor(labels, dtype=torch.long)) for name, (ds, idx, labels) in splits.items()}
     base, idx, labels = splits["train"]
     train_idx = list(range(len(base))) if idx is None else list(idx)
     if "test" not in splits:

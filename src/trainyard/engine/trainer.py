@@ -327,7 +327,7 @@ class Trainer:
             if isinstance(y, torch.Tensor) and y.dim() == 1:  # the same labelled grid `trainyard preview` writes
                 from trainyard.track.figures import samples_figure
 
-                self.tracker.log_figure("data/train_samples", samples_figure(x[:32], y[:32].tolist(), info.classes, info.mean, info.std), self.step)
+                self.tracker.log_figure("data/train_samples", samples_figure(x[:32], y[:32], info.classes, info.mean, info.std), self.step)
 
     def _evaluate(self, loader, prefix: str, **kwargs: Any) -> EvalResult:
         return evaluate(

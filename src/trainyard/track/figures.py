@@ -52,10 +52,12 @@ def labelled_grid(images: torch.Tensor, titles: Sequence[str], mean=None, std=No
     return fig
 
 
-def samples_figure(images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], mean=None, std=None, cols: int = 8):
+def samples_figure(images: torch.Tensor, labels: Sequence[int] | torch.Tensor, classes: Sequence[str], mean=None, std=None, cols: int = 8):
     """Augmented training samples titled with their class names: ``trainyard preview`` writes it as a PNG,
     the trainer logs it as ``data/train_samples``."""
-    titles = [classes[int(y)] if 0 <= int(y) < len(classes) else str(int(y)) for y in labels]
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy().tolist()  # once per run, like the images' copy to the host
+    titles = [classes[y] if 0 <= y < len(classes) else str(y) for y in map(int, labels)]
     return labelled_grid(images, [t if len(t) <= 14 else t[:13] + "…" for t in titles], mean, std, cols=cols)
 
 
