@@ -231,9 +231,12 @@ def test_preview_writes_a_labelled_png_of_augmented_samples(shared_data: Path, t
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "16 training samples" in stdout
 
     cfg = load_config(None, ["data.dataset=image_folder", f"data.root={shared_data / 'cifar10_png'}"])
-    figure, shown = preview_figure(cfg, 12)
-    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
-    assert shown == 12 and len(titles) == 12 and set(titles) <= set(build_data(cfg).info.classes)
+    grid, titles = preview_figure(cfg, 12)
+    assert len(titles) == 12 and set(titles) <= set(build_data(cfg).info.classes)
+    assert grid.shape[0] == 3 and 0 <= grid.min() and grid.max() <= 1
+    # 8 cells a row, 2 rows of 32x32 images upscaled to 64 px, each with a text band holding dark label pixels
+    band = grid[:, 64 + 2 : 64 + 14, :]
+    assert grid.shape[1] == 2 * (64 + 12 + 4) and (band < 0.3).any()
 
 
 # --------------------------------------------------------------------------------------

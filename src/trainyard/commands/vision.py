@@ -66,7 +66,7 @@ def preview_figure(cfg, n: int):
     import torch
 
     from trainyard.data import build_data
-    from trainyard.track.figures import samples_figure
+    from trainyard.track.figures import labelled_grid, sample_titles
 
     data = build_data(cfg)
     if data.info.kind != "image":
@@ -77,7 +77,8 @@ def preview_figure(cfg, n: int):
     samples = [data.train[i] for i in pick]
     images = torch.stack([x for x, _ in samples])
     labels = [int(y) for _, y in samples]
-    return samples_figure(images, labels, data.info.classes, data.info.mean, data.info.std), len(samples)
+    titles = sample_titles(labels, data.info.classes)
+    return labelled_grid(images, titles, data.info.mean, data.info.std), titles
 
 
 def preview(args: argparse.Namespace) -> int:
@@ -89,10 +90,13 @@ def preview(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: must be a .png file")
     cfg = resolve(args)
-    figure, shown = preview_figure(cfg, args.n)
+    grid, titles = preview_figure(cfg, args.n)
+    shown = len(titles)
     try:
+        from torchvision.utils import save_image
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(out, dpi=110)
+        save_image(grid, out)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     print(f"wrote {out} ({shown} training samples of {cfg.data.dataset}, after data.train_transforms)")

@@ -327,7 +327,7 @@ class Trainer:
             if isinstance(y, torch.Tensor) and y.dim() == 1:  # the same labelled grid `trainyard preview` writes
                 from trainyard.track.figures import samples_figure
 
-                self.tracker.log_figure("data/train_samples", samples_figure(x[:32], y[:32], info.classes, info.mean, info.std), self.step)
+                self.tracker.log_image("data/train_samples", samples_figure(x[:32], y[:32], info.classes, info.mean, info.std), self.step)
 
     def _evaluate(self, loader, prefix: str, **kwargs: Any) -> EvalResult:
         return evaluate(
@@ -374,7 +374,7 @@ class Trainer:
                         self.tracker.log_figure("test/confusion_matrix", confusion_figure(result.confusion, info.classes), self.step)
                     if result.wrong_images:
                         images = torch.stack(result.wrong_images)
-                        self.tracker.log_figure("test/misclassified", labelled_grid(images, result.wrong_titles, info.mean, info.std), self.step)
+                        self.tracker.log_image("test/misclassified", labelled_grid(images, result.wrong_titles, info.mean, info.std), self.step)
         if self.best is not None:
             final[f"best/{self.monitor}"] = self.best
         if self.tracker is not None:
