@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+# ../shared/data from the project root; from a worktree one level deeper (/work/wt/issueN), ../../shared/data
+SHARED_DATA = next((p.resolve() for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.is_dir()), ROOT.parent / "shared" / "data")
 
 os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 os.environ.setdefault("WANDB_MODE", "offline")
