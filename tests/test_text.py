@@ -286,3 +286,20 @@ def test_each_model_trains_on_sms(sms: Path, tmp_path: Path, model: str):
     assert final["train/loss"] < 0.5 and final["test/accuracy"] > 0.8
     run_dir = tmp_path / "runs" / "run"
     assert (run_dir / "tokenizer.json").is_file() and (run_dir / "labels.json").is_file()
+
+
+@pytest.mark.timeout(240)
+def test_resumed_bucketed_run_equals_uninterrupted_and_reuses_saved_tokenizer(sms: Path, tmp_path: Path):
+    from trainyard.engine.run import train
+
+    common = [*SMS, "model.name=embedding_bag", "loader.bucket_by_length=true", "loader.bucket_pool=2", "schedule.name=constant", f"track.root={tmp_path}", "trainer.progress=false", "track.backends=[]"]
+    # constant schedule: a cosine schedule over trainer.epochs would differ between a 1-epoch and a 2-epoch run
+    straight = train(text_cfg(sms, *common, "trainer.epochs=2", "name=straight"))
+    train(text_cfg(sms, *common, "trainer.epochs=1", "name=resumed"))
+    run_dir = tmp_path / "resumed"
+    saved = (run_dir / "tokenizer.json").read_text(encoding="utf-8")
+    # the resumed config asks for another tokenizer: the run's saved one must win, or the checkpoint's embedding rows would shift
+    resumed = train(load_config(run_dir / "config.yaml", ["trainer.epochs=2", "data.tokenizer=bpe"]), resume=run_dir)
+    assert (run_dir / "tokenizer.json").read_text(encoding="utf-8") == saved
+    for key in ("train/loss", "val/loss", "test/accuracy"):
+        assert resumed[key] == straight[key], key

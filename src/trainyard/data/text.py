@@ -130,7 +130,8 @@ def _delimited_records(path: Path, text: str, fmt: str, d: DataConfig) -> list[R
     for key, field in (("data.text_field", d.text_field), ("data.label_field", d.label_field)):
         if field not in names:
             hint = suggest(field, names) or "; for a file without a header set data.columns, e.g. [label, text]"
-            raise DataError(f"{path} {where}: no column {field!r} ({key}); columns are {', '.join(map(repr, names))}{hint}")
+            shown = ", ".join(repr(n if len(n) <= 24 else n[:21] + "...") for n in names)
+            raise DataError(f"{path} {where}: no column {field!r} ({key}); columns are {shown}{hint}")
         positions[field] = names.index(field)
     records = []
     for line, fields in rows:
