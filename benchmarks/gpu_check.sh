@@ -24,3 +24,14 @@ for prec in bf16 fp16; do
   echo "== overhead benchmark, cuda, precision=$prec"
   $PY benchmarks/overhead.py --device cuda --precision $prec --repeats 5 | grep -E "RESULT|ratio"
 done
+
+# --- issue 5: text models on cuda (packed RNNs, padding masks, bucketing) under bf16 -------
+SMS=${SMS:-../shared/data/sms_spam/SMSSpamCollection}
+if [ -f "$SMS" ]; then
+  for model in embedding_bag gru lstm transformer; do
+    echo "== text, $model, cuda, precision=bf16"
+    $PY -m trainyard train name=gpu-text-$model track.root="$OUT/runs" data.dataset=text data.path="$SMS" data.columns=[label,text] \
+      model.name=$model model.bidirectional=true model.width=64 loader.bucket_by_length=true trainer.epochs=3 \
+      trainer.device=cuda trainer.precision=bf16 trainer.progress=false | tail -2
+  done
+fi

@@ -92,6 +92,7 @@ class LoaderConfig:
     prefetch_factor: Union[int, None] = opt(None, "batches loaded in advance by each worker (needs num_workers > 0)", min=1)
     collate: str = opt("default", "default, pad (variable-length samples), or package.module:function")
     bucket_by_length: bool = opt(False, "text: batch samples of similar length together")
+    bucket_pool: int = opt(100, "bucket_by_length: batches' worth of samples sorted by length together (larger: less padding, less mixing)", min=1)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset
@@ -38,6 +40,7 @@ class DataBundle:
     info: DataInfo
     collate_fn: Callable | None = None  # a dataset-required collate (text); loader.collate overrides
     train_labels: Any = None  # labels of the training split, for samplers and checks (optional)
+    save_artifacts: Callable[[Path], None] | None = None  # writes what evaluation needs (tokenizer, label map) into the run folder
 
 
 # name -> "module:function"; modules are imported only when their dataset is used.
@@ -48,13 +51,18 @@ DATASETS: dict[str, str] = {
     "cifar10": "trainyard.data.vision:cifar10",
     "cifar100": "trainyard.data.vision:cifar100",
     "image_folder": "trainyard.data.vision:image_folder",
+    "text": "trainyard.data.text:text",
 }
 
 
-def build_data(cfg: RunConfig) -> DataBundle:
+def build_data(cfg: RunConfig, run_dir: Path | None = None) -> DataBundle:
+    """``run_dir``: the folder of a run being resumed. A builder that takes a ``run_dir`` argument reuses what its
+    ``save_artifacts`` wrote there (a trained tokenizer, a label map), so ids match the checkpoint."""
     name = cfg.data.dataset
     if name not in DATASETS:
         raise ConfigError(f"data.dataset={name}: unknown dataset; allowed: {', '.join(sorted(DATASETS))}{suggest(name, DATASETS)}")
     module, func = DATASETS[name].split(":")
     builder = getattr(importlib.import_module(module), func)
+    if run_dir is not None and "run_dir" in inspect.signature(builder).parameters:
+        return builder(cfg, run_dir=Path(run_dir))
     return builder(cfg)

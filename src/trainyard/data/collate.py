@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 
 def pad_collate(samples: Sequence[tuple[Any, Any]], pad_value: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -14,10 +15,10 @@ def pad_collate(samples: Sequence[tuple[Any, Any]], pad_value: int = 0) -> tuple
     """
     seqs = [torch.as_tensor(x) for x, _ in samples]
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    longest = int(lengths.max()) if len(seqs) else 0
-    ids = torch.full((len(seqs), longest), pad_value, dtype=seqs[0].dtype if seqs else torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-    mask = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
+    if seqs:
+        ids = pad_sequence(seqs, batch_first=True, padding_value=pad_value)
+    else:
+        ids = torch.zeros((0, 0), dtype=torch.long)
+    mask = torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
     labels = torch.as_tensor([y for _, y in samples])
     return {"ids": ids, "lengths": lengths, "mask": mask}, labels

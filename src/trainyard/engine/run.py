@@ -48,7 +48,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        data = build_data(cfg)
+        data = build_data(cfg, run_dir=Path(resume) if resume is not None else None)
         model = build_model(cfg.model, data.info)
 
         state = None
@@ -60,6 +60,8 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
         elif strategy.is_primary:
             run_dir = new_run_dir(cfg)
         run_dir = Path(strategy.broadcast_object(str(run_dir)))
+        if strategy.is_primary and data.save_artifacts is not None:
+            data.save_artifacts(run_dir)  # e.g. the trained tokenizer and label map, next to the checkpoints
 
         seed_everything(cfg.seed + 7919 * strategy.rank)  # per-rank randomness (dropout, augmentation)
         if strategy.is_primary:

@@ -60,7 +60,16 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss()
 
         self.train_sampler = strategy.train_sampler(data.train, shuffle=cfg.loader.shuffle, seed=cfg.seed)
-        self.train_loader = build_loader(data.train, cfg.loader, device=self.device, sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
+        if cfg.loader.bucket_by_length:  # batches of similar-length samples, regrouped from this rank's indices
+            from trainyard.data.bucketing import LengthBucketBatchSampler, sample_lengths
+
+            self.train_sampler = LengthBucketBatchSampler(
+                self.train_sampler, sample_lengths(data.train), cfg.loader.batch_size, pool_batches=cfg.loader.bucket_pool,
+                shuffle=cfg.loader.shuffle, drop_last=cfg.loader.drop_last, seed=cfg.seed,
+            )
+            self.train_loader = build_loader(data.train, cfg.loader, device=self.device, batch_sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
+        else:
+            self.train_loader = build_loader(data.train, cfg.loader, device=self.device, sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
         self.val_loader = self._eval_loader(data.val)
         self.test_loader = self._eval_loader(data.test)
         if len(self.train_loader) == 0:

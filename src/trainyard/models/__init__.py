@@ -17,6 +17,10 @@ Builder = Callable[[ModelConfig, DataInfo], nn.Module]
 MODELS: dict[str, str] = {
     "cnn": "trainyard.models.small:cnn",
     "mlp": "trainyard.models.small:mlp",
+    "embedding_bag": "trainyard.models.text:embedding_bag",
+    "gru": "trainyard.models.text:gru",
+    "lstm": "trainyard.models.text:lstm",
+    "transformer": "trainyard.models.text:transformer",
 }
 
 
