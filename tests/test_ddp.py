@@ -246,3 +246,10 @@ def test_bad_ddp_setting_is_one_line_on_the_command_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "trainyard: error: parallel.devices=[0, 1]: device ids need CUDA; on CPU give a count of processes, e.g. parallel.devices=2"
     assert not tmp_path.joinpath("runs").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_single_strategy_under_torchrun_says_to_use_ddp(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    strategy = build_strategy(load_config(None, ["trainer.device=cpu"]))
+    with pytest.raises(ConfigError, match="one of 2 processes started by torchrun; add parallel.strategy=ddp"):
+        strategy.setup()
