@@ -136,7 +136,7 @@ def test_torchrun_two_processes(tmp_path, port):
     assert job.returncode == 0, out
     run = only_run(tmp_path)
     assert status(run)["status"] == "finished"
-    assert "ddp, 2 processes on cpu (gloo, torchrun)" in status(run)["strategy"]
+    assert "ddp, 2 processes on cpu (gloo, torchrun" in status(run)["strategy"]
 
 
 @pytest.mark.timeout(180)
@@ -167,6 +167,7 @@ def test_torchrun_restarts_from_last_checkpoint_after_a_rank_is_killed(tmp_path,
     run = only_run(runs)
     assert run.name == "torchrun-digits7"  # stable across the restart: named after the rendezvous id
     assert "restart 1 of 1: resuming" in out
+    assert "(gloo, torchrun, job digits7)" in status(run)["strategy"]
     assert status(run)["status"] == "finished"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -253,3 +254,18 @@ def test_single_strategy_under_torchrun_says_to_use_ddp(monkeypatch):
     strategy = build_strategy(load_config(None, ["trainer.device=cpu"]))
     with pytest.raises(ConfigError, match="one of 2 processes started by torchrun; add parallel.strategy=ddp"):
         strategy.setup()
+
+
+def test_a_restart_resumes_only_a_folder_its_own_job_wrote(tmp_path):
+    from trainyard.parallel.launch import ProcessEnv
+    from trainyard.track.rundir import write_status
+
+    strategy = build_strategy(load_config(None, ["parallel.strategy=ddp", f"track.root={tmp_path}", "name=job"]))
+    strategy.env = ProcessEnv("torchrun", 0, 0, 2, 2, "127.0.0.1", 1, restart_count=1, max_restarts=1, run_id="a1")
+    run = tmp_path / "job"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    write_status(run, strategy="ddp, 2 processes on cpu (gloo, torchrun, job b2)")
+    assert strategy.resume_dir() is None  # an older run of the same name: never continued by accident
+    write_status(run, strategy="ddp, 2 processes on cpu (gloo, torchrun, job a1)")
+    assert strategy.resume_dir() == str(run)

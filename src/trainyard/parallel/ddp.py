@@ -32,6 +32,7 @@ from trainyard.parallel.launch import (
     spawn,
     uses_cuda,
 )
+from trainyard.track.rundir import read_status
 
 
 class DistributedDataParallel(Strategy):
@@ -119,6 +120,8 @@ class DistributedDataParallel(Strategy):
         run_dir = Path(self.cfg.track.root) / self.cfg.name
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             return None
+        if self._job_mark() not in read_status(run_dir).get("strategy", ""):
+            return None  # a folder this job did not write: leave it alone (new_run_dir refuses to reuse it)
         if self.is_primary:
             print(f"trainyard: restart {self.env.restart_count} of {self.env.max_restarts}: resuming {run_dir} from its last checkpoint", flush=True)
         return str(run_dir)
@@ -155,9 +158,13 @@ class DistributedDataParallel(Strategy):
     def no_sync(self, model: nn.Module) -> ContextManager:
         return model.no_sync()
 
+    def _job_mark(self) -> str:
+        run_id = self.env.run_id if self.env is not None else None
+        return f", job {run_id}" if run_id and run_id != "none" else ""
+
     def describe(self) -> str:
         launcher = self.env.launcher if self.env else "spawn"
-        return f"ddp, {self.world_size} processes on {self.device.type} ({self.backend}, {launcher})"
+        return f"ddp, {self.world_size} processes on {self.device.type} ({self.backend}, {launcher}{self._job_mark()})"
 
 
 def _host(addr: str) -> str:

@@ -191,11 +191,18 @@ def spawn(strategy: Any, fn: Callable[..., Any], args: tuple, nprocs: int, grace
     with tempfile.TemporaryDirectory(prefix="trainyard-ranks-") as reports_dir:
         context = mp.start_processes(_spawned_rank, args=(strategy, fn, args, nprocs, port, reports_dir), nprocs=nprocs, join=False)
         failure: BaseException | None = None
-        try:
-            while not context.join(grace_period=grace_s):
-                pass
-        except ProcessException as exc:
-            failure = exc
+        interrupts = 0
+        while True:
+            try:
+                if context.join(grace_period=grace_s):
+                    break
+            except ProcessException as exc:
+                failure = exc
+                break
+            except KeyboardInterrupt:  # the ranks got Ctrl-C too: they save last.pt and stop; a second one gives up waiting
+                interrupts += 1
+                if interrupts > 1:
+                    raise
         reports = {}
         for rank in range(nprocs):
             path = Path(reports_dir) / f"rank-{rank}.pkl"
