@@ -35,3 +35,19 @@ if [ -f "$SMS" ]; then
       trainer.device=cuda trainer.precision=bf16 trainer.progress=false | tail -2
   done
 fi
+
+# --- issue 6: data parallel (ddp spawn and torchrun, dp) -------------------------------------
+if [ "$GPUS" -gt 1 ]; then
+  echo "== ddp, 2 GPUs, spawned"
+  $PY -m trainyard train name=gpu-ddp track.root="$OUT/runs" parallel.strategy=ddp parallel.devices=2 trainer.epochs=3 trainer.progress=false | tail -3
+  echo "== ddp, 2 GPUs, torchrun"
+  $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m trainyard train name=gpu-ddp-torchrun track.root="$OUT/runs" parallel.strategy=ddp trainer.epochs=3 trainer.progress=false | tail -3
+  echo "== dp, 2 GPUs"
+  $PY -m trainyard train name=gpu-dp track.root="$OUT/runs" parallel.strategy=dp parallel.devices=2 trainer.epochs=3 trainer.progress=false | tail -3
+  echo "== ddp scaling, 1 GPU against 2"
+  $PY benchmarks/ddp_scaling.py --device cuda --repeats 3 | grep -E "RESULT|samples/s"
+else
+  echo "== ddp on one GPU (an nccl group of one) and dp falling back to single"
+  $PY -m trainyard train name=gpu-ddp1 track.root="$OUT/runs" parallel.strategy=ddp parallel.devices=1 trainer.epochs=2 trainer.progress=false | tail -3
+  $PY -m trainyard train name=gpu-dp1 track.root="$OUT/runs" parallel.strategy=dp trainer.epochs=2 trainer.progress=false 2>&1 | grep -E "warning|test accuracy"
+fi

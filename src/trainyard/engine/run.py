@@ -29,6 +29,13 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, float]:
     return strategy.launch(run_process, cfg, str(resume) if resume is not None else None)
 
 
+def batch_text(cfg: RunConfig, strategy) -> str:
+    """What loader.batch_size means here: per device; the global batch counts every process and accumulation step."""
+    b, world, accumulate = cfg.loader.batch_size, strategy.world_size, cfg.trainer.accumulate
+    parts = [str(b)] + ([f"{world} processes"] if world > 1 else []) + ([f"{accumulate} accumulation steps"] if accumulate > 1 else [])
+    return f"loader.batch_size {b} per device, global batch {b * world * accumulate}" + (f" = {' x '.join(parts)}" if len(parts) > 1 else "")
+
+
 def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float]:
     """The body of one training process."""
     from trainyard.data import build_data
@@ -52,6 +59,8 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
         model = build_model(cfg.model, data.info)
 
         state = None
+        if resume is None:
+            resume = strategy.resume_dir()  # a job its launcher restarted continues its run folder
         if resume is not None:
             run_dir = Path(resume)
             state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -71,7 +80,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
         if state is not None:
             trainer.load_state(state)
         if strategy.is_primary:
-            print(f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, batch {cfg.loader.batch_size} per device x {strategy.world_size})", flush=True)
+            print(f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)})", flush=True)
         final = trainer.fit()
         status = "finished"
         if strategy.is_primary:

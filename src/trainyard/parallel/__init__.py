@@ -18,6 +18,8 @@ from trainyard.config import RunConfig
 # strategy name -> "module:class"
 STRATEGIES: dict[str, str] = {
     "single": "trainyard.parallel.single:SingleDevice",
+    "dp": "trainyard.parallel.dp:DataParallelStrategy",
+    "ddp": "trainyard.parallel.ddp:DistributedDataParallel",
 }
 
 
@@ -43,6 +45,10 @@ class Strategy:
 
     def teardown(self) -> None:
         """Always runs, also after an error."""
+
+    def resume_dir(self) -> str | None:
+        """A run folder to continue without --resume: set after a launcher restarted the job (torchrun --max-restarts)."""
+        return None
 
     @property
     def is_primary(self) -> bool:
