@@ -97,3 +97,36 @@ def test_error_in_a_stage_process_is_one_line(tiny, port):
     assert result.stderr.strip().splitlines() == [
         "trainyard: error: parallel.split=[0, 5]: stage starts must increase and lie in 1..2 (the model has 3 blocks)"
     ]
+
+
+def test_optimizer_state_splits_into_stages_and_merges_back():
+    """What each stage loads from a whole-model checkpoint is its slice; gathered again, it is the whole."""
+    import copy
+
+    from trainyard.parallel.pipeline import PipelineParallel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    whole = torch.optim.AdamW(model.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(model(torch.randn(5, 4)), torch.randint(0, 3, (5,))).backward()
+    whole.step()
+    saved = copy.deepcopy(whole.state_dict())
+
+    cfg = load_config(overrides=["parallel.strategy=pipeline", "parallel.devices=[cpu,cpu]", "parallel.split=[0,2]", "track.graph=false"])
+    parts, stages = [], []
+    for stage in range(2):
+        strategy = PipelineParallel(cfg)
+        strategy.stage = stage
+        module = strategy.wrap(copy.deepcopy(model))
+        optimizer = torch.optim.AdamW(module.parameters(), lr=0.1)
+        strategy.load_optimizer_state_dict(optimizer, saved)
+        own = [p for p in module.parameters()]
+        assert len(optimizer.state_dict()["state"]) == len(own)  # only this stage's parameters
+        strategy._gather = lambda obj, parts=parts, last=stage == 1: parts.append(obj) or (list(parts) if last else None)
+        stages.append(strategy.optimizer_state_dict(optimizer))
+    merged = stages[1]
+    assert stages[0] is None and merged["param_groups"] == saved["param_groups"]
+    assert merged["state"].keys() == saved["state"].keys()
+    for i, state in saved["state"].items():
+        for key, value in state.items():
+            assert torch.equal(merged["state"][i][key], value), (i, key)

@@ -53,7 +53,7 @@ class PipelineParallel(Strategy):
             raise ConfigError("trainer.precision=fp16: loss scaling is not synchronised across pipeline stages; use bf16")
         if cfg.track.graph:
             cfg.track.graph = False  # each process holds one stage: there is no whole graph to trace
-        self._schedules: dict[tuple[int, bool], tuple[Any, int]] = {}
+        self._schedules: dict[tuple[int, bool, int], tuple[Any, int]] = {}
         self._addr, self._port = "127.0.0.1", 0
 
     def _backend(self) -> str:
@@ -224,7 +224,7 @@ class PipelineParallel(Strategy):
     # --- steps -----------------------------------------------------------------------
     def _schedule(self, batch: int, train: bool) -> tuple[Any, int]:
         """The schedule for whole batches of ``batch`` samples (shapes are fixed per schedule)."""
-        key = (batch, train)
+        key = (batch, train, self.microbatches)
         if key not in self._schedules:
             from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
