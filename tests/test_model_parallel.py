@@ -122,7 +122,7 @@ def test_bad_splits_are_one_clear_error():
 def test_model_parallel_training_matches_single(tiny):
     from trainyard.engine.run import train
 
-    common = tiny + ["model.name=mlp", "optim.name=sgd", "optim.lr=0.1", "trainer.epochs=1"]
+    common = tiny + ["model.name=mlp", "optim.name=sgd", "optim.lr=0.1", "trainer.epochs=1", "track.backends=[]", "track.images=false", "trainer.histogram_every=0"]
     single = train(load_config(overrides=common + ["name=single"]))
     split = train(load_config(overrides=common + ["name=model", "parallel.strategy=model", "parallel.devices=[cpu,cpu]"]))
     for key in ("train/loss", "val/loss", "test/accuracy"):
