@@ -51,3 +51,15 @@ else
   $PY -m trainyard train name=gpu-ddp1 track.root="$OUT/runs" parallel.strategy=ddp parallel.devices=1 trainer.epochs=2 trainer.progress=false | tail -3
   $PY -m trainyard train name=gpu-dp1 track.root="$OUT/runs" parallel.strategy=dp trainer.epochs=2 trainer.progress=false 2>&1 | grep -E "warning|test accuracy"
 fi
+# --- issue 7: model and pipeline parallelism over 2 GPUs (skipped on one GPU) ------------------
+if [ "$GPUS" -gt 1 ]; then
+  echo "== model parallel, cuda:0 + cuda:1 (default job)"
+  $PY -m trainyard train name=gpu-model-parallel track.root="$OUT/runs" parallel.strategy=model parallel.devices=[cuda:0,cuda:1] trainer.epochs=3 trainer.progress=false | tail -4
+  echo "== pipeline, 2 GPUs, nccl, 1f1b"
+  $PY -m trainyard train name=gpu-pipeline track.root="$OUT/runs" model.name=mlp parallel.strategy=pipeline parallel.devices=2 parallel.schedule=1f1b parallel.microbatches=4 trainer.epochs=3 trainer.progress=false | tail -4
+  echo "== pipeline benchmark, 2 GPUs: naive model parallel vs GPipe M=1,2,4,8"
+  $PY benchmarks/pipeline.py --device cuda --width 4096 --layers 16 --batch 1024 | grep -E "RESULT|variant|naive|gpipe"
+else
+  echo "== issue 7 (model/pipeline parallel): needs 2 GPUs, found $GPUS: skipped"
+fi
+# --- end issue 7 --------------------------------------------------------------------------------

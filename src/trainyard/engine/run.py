@@ -80,6 +80,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
         if state is not None:
             trainer.load_state(state)
         if strategy.is_primary:
+            write_status(run_dir, strategy=strategy.describe())  # again: wrap() may have settled the layout (e.g. a model's split)
             print(f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)})", flush=True)
         final = trainer.fit()
         status = "finished"

@@ -266,7 +266,7 @@ class Trainer:
                 micro = 0
                 if clip is not None:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    strategy.clip_grad_norm(model, clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()

@@ -20,6 +20,8 @@ STRATEGIES: dict[str, str] = {
     "single": "trainyard.parallel.single:SingleDevice",
     "dp": "trainyard.parallel.dp:DataParallelStrategy",
     "ddp": "trainyard.parallel.ddp:DistributedDataParallel",
+    "model": "trainyard.parallel.model:ModelParallel",
+    "pipeline": "trainyard.parallel.pipeline:PipelineParallel",
 }
 
 
@@ -88,6 +90,10 @@ class Strategy:
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip gradients by their total norm over the whole model (a model split over processes adds up all parts)."""
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
     def no_sync(self, model: nn.Module) -> ContextManager:
         """Skip gradient synchronisation (accumulation micro-steps)."""
