@@ -168,7 +168,8 @@ class Trainer:
             while self.epoch < t.epochs and not self._done_steps():
                 start = time.perf_counter()
                 train_metrics = self.train_epoch()
-                if self._stop_signal is not None and self.batch_in_epoch < len(self.train_loader):
+                stop = self._stop_agreed()
+                if stop and self.batch_in_epoch < len(self.train_loader):
                     self.save("last.pt")  # stopped mid-epoch: resume skips the batches already trained on
                     raise Interrupted(self._stop_signal, self.run_dir)
                 metrics = dict(train_metrics)
@@ -188,9 +189,18 @@ class Trainer:
                     if primary:
                         print(f"early stopping: {self.monitor} has not improved for {t.patience} epochs (best {self.best:.4f})", flush=True)
                     break
-                if self._stop_signal is not None:
+                if stop:
                     raise Interrupted(self._stop_signal, self.run_dir)
         return self.finish()
+
+    def _stop_agreed(self) -> bool:
+        """Whether a stop signal arrived, agreed by every rank: a signal can reach ranks at different steps,
+        and ranks that stop apart would wait on each other's collectives forever."""
+        if not self.strategy.any_rank(self._stop_signal is not None):  # sync point: at log steps and epoch ends only
+            return False
+        if self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM  # another rank was signalled
+        return True
 
     def _done_steps(self) -> bool:
         return self.cfg.trainer.max_steps is not None and self.step >= self.cfg.trainer.max_steps
@@ -212,6 +222,7 @@ class Trainer:
         model, optimizer, scheduler, scaler = self.model, self.optimizer, self.scheduler, self.scaler
         strategy, device, loss_fn, autocast = self.strategy, self.device, self.loss_fn, self.autocast
         accumulate, clip, log_every = t.accumulate, t.clip_grad_norm, t.log_every
+        world_size = strategy.world_size
         primary = strategy.is_primary
 
         model.train()
@@ -274,7 +285,12 @@ class Trainer:
                 self.batch_in_epoch = batch_index
                 if self.step % log_every == 0:
                     self._log_train(loss_sum, seen, wait, log_state, progress)  # sync point: .item() every log_every steps
-                if self._stop_signal is not None or self._done_steps():
+                if self._done_steps():
+                    break
+                if world_size == 1:
+                    if self._stop_signal is not None:
+                        break
+                elif self.step % log_every == 0 and self._stop_agreed():  # ranks agree where they sync anyway
                     break
             if progress is not None:
                 progress.update(1)

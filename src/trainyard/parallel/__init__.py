@@ -67,6 +67,16 @@ class Strategy:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
+    def any_rank(self, flag: bool) -> bool:
+        """Collective: True on every rank when ``flag`` is True on any rank (e.g. a stop signal that reached one)."""
+        import torch.distributed as dist
+
+        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())  # sync point
+
     # --- model -----------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
         """Place (and wrap) the model for training."""
