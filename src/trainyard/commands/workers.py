@@ -61,7 +61,9 @@ _KEY = re.compile(r"^(?P<indent>\s+)num_workers\s*:(?P<value>[^#\n]*?)(?P<commen
 
 def write_num_workers(path: Path, value: int) -> None:
     """Set ``loader.num_workers`` in a YAML file, keeping every other line (comments included) as it was."""
-    read_yaml(path)  # a clear error for a missing or broken file
+    section = read_yaml(path).get("loader")  # a clear error for a missing or broken file
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"--write: loader in {path} is not a mapping of keys; set loader.num_workers: {value} by hand")
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     newline = "\r\n" if text.endswith("\r\n") else "\n"
@@ -73,8 +75,7 @@ def write_num_workers(path: Path, value: int) -> None:
     else:
         rest = _TOP_LOADER.match(lines[start].rstrip("\r\n")).group("rest").split("#")[0].strip()
         if rest:  # a flow mapping, `loader: {batch_size: 32}`: rewrite that one line
-            section = read_yaml(path).get("loader") or {}
-            section["num_workers"] = value
+            section = dict(section or {}, num_workers=value)
             lines[start] = "loader: " + yaml.safe_dump(section, default_flow_style=True, sort_keys=False).strip() + newline
         else:
             end, indent = start + 1, None
