@@ -35,6 +35,8 @@ def tune_workers(args: argparse.Namespace) -> int:
     print(f"model step alone: {tuning.compute_s * 1000:.1f} ms on {tuning.device} ({1 / tuning.compute_s:.1f} steps/s); {tuning.cpus} CPU(s)")
     if tuning.stopped_early:
         print("stopped: training throughput fell with more workers")
+    for note in tuning.notes:
+        print(note)
     loader_ms = 1000 / best.batches_per_s
     if tuning.data_bound:
         print(

@@ -228,6 +228,7 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     from trainyard.parallel.launch import resolve_device
 
     check_loader_config(cfg.loader)
+    started = time.perf_counter()
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg)
@@ -248,6 +249,9 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     compute_s = _compute_time(step, x, y, device, per_run)
     tuning = Tuning([], compute_s, device, cpus)
     for n in values:
+        if tuning.measurements and time.perf_counter() - started > max_seconds:
+            tuning.notes.append(f"time budget spent: num_workers > {tuning.measurements[-1].num_workers} not measured (raise --max-seconds)")
+            break
         batches_per_s, _, startup = _timed_pass(loader_for(n), per_run, None, device)
         steps_per_s, data_wait, _ = _timed_pass(loader_for(n), per_run, step, device)
         m = Measurement(n, batches_per_s, steps_per_s, data_wait, startup)
