@@ -30,7 +30,7 @@ def tuning(*steps_per_s: float) -> Tuning:
 
 def test_the_pick_is_the_measured_best_not_the_maximum():
     assert tuning(10, 18, 30, 41, 33).best.num_workers == 4  # 8 workers measured slower than 4
-    assert tuning(10, 18, 40, 40.5).best.num_workers == 2  # within 3%: fewer workers win
+    assert tuning(10, 18, 40, 40.5).best.num_workers == 2  # within 5%: fewer workers win
     assert tuning(50, 20, 20).best.num_workers == 0  # workers only cost here
 
 
@@ -91,7 +91,7 @@ def test_tune_workers_measures_writes_and_auto_follows(tmp_path):
     assert "model step alone:" in out and re.search(r"^data-bound: (yes|no)", out, flags=re.M), out
     pick = int(re.search(r"^RESULT recommended_num_workers (\d+)$", out, flags=re.M).group(1))
     best = max(float(r[2]) for r in rows)
-    assert float(next(r[2] for r in rows if int(r[0]) == pick)) >= 0.97 * best  # the measured best
+    assert float(next(r[2] for r in rows if int(r[0]) == pick)) >= 0.95 * best  # the measured best
     assert path.read_text() == f"# digits, small\nmodel:\n  width: 8\nloader:\n  num_workers: {pick}  # let trainyard measure\n"
     assert yaml.safe_load(path.read_text())["loader"]["num_workers"] == pick
 

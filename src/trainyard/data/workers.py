@@ -7,7 +7,7 @@ then for ``num_workers`` = 0, 1, 2, 4, ... up to the CPU count it measures
 - training: the loader feeding the model's real step (forward, backward, optimizer step), in
   steps/s, with the share of time spent waiting for the next batch.
 
-The recommendation is the value with the best training throughput (the fewest workers within 3%
+The recommendation is the value with the best training throughput (the fewest workers within 5%
 of it: workers cost memory and start-up time). Training throughput, not the loader's alone, is what
 counts: on a CPU run, workers compete with the model for the same cores, and a loader that is fast
 on its own can make training slower.
@@ -32,7 +32,7 @@ import torch
 
 from trainyard.config import RunConfig, to_dict
 
-NEAR_BEST = 0.97  # values within 3% of the best count as the best: pick the fewest workers among them
+NEAR_BEST = 0.95  # values within 5% of the best count as the best (noise): pick the fewest workers among them
 DATA_BOUND = 0.30  # waiting for data more than this share of the time: the run is data-bound
 
 
@@ -248,19 +248,25 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     x, y = next(iter(loader_for(0)))
     compute_s = _compute_time(step, x, y, device, per_run)
     tuning = Tuning([], compute_s, device, cpus)
+    # Up the candidates, then back down (A B C C B A): a machine whose load drifts during the measurement
+    # then biases no candidate. Training throughput is the mean of the two passes.
+    upward: list[tuple[int, float, float, float, float]] = []
     for n in values:
-        if tuning.measurements and time.perf_counter() - started > max_seconds:
-            tuning.notes.append(f"time budget spent: num_workers > {tuning.measurements[-1].num_workers} not measured (raise --max-seconds)")
+        if upward and time.perf_counter() - started > max_seconds:
+            tuning.notes.append(f"time budget spent: num_workers > {upward[-1][0]} not measured (raise --max-seconds)")
             break
         batches_per_s, _, startup = _timed_pass(loader_for(n), per_run, None, device)
-        steps_per_s, data_wait, _ = _timed_pass(loader_for(n), per_run, step, device)
-        m = Measurement(n, batches_per_s, steps_per_s, data_wait, startup)
-        tuning.measurements.append(m)
-        if report is not None:
-            report(m)
-        best = max(tuning.measurements, key=lambda m: m.steps_per_s)
+        steps_per_s, data_wait, _ = _timed_pass(loader_for(n), per_run / 2, step, device)
+        upward.append((n, batches_per_s, startup, steps_per_s, data_wait))
+        best = max(u[3] for u in upward)
         # Past 2 workers, stop once training throughput falls below the best: more workers only add contention.
-        if n >= 2 and m.steps_per_s < NEAR_BEST * best.steps_per_s and n != values[-1]:
+        if n >= 2 and steps_per_s < NEAR_BEST * best and n != values[-1]:
             tuning.stopped_early = True
             break
+    for n, batches_per_s, startup, steps_up, wait_up in reversed(upward):
+        steps_down, wait_down, _ = _timed_pass(loader_for(n), per_run / 2, step, device)
+        tuning.measurements.insert(0, Measurement(n, batches_per_s, (steps_up + steps_down) / 2, (wait_up + wait_down) / 2, startup))
+    if report is not None:
+        for m in tuning.measurements:
+            report(m)
     return tuning

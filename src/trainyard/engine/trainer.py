@@ -127,7 +127,7 @@ class Trainer:
             return
         self._warned_data_bound = True
         lc = self.loader_cfg
-        pin = "" if self.device.type != "cuda" or lc.pin_memory is True else ", loader.pin_memory=true"
+        pin = ", loader.pin_memory=true" if self.device.type == "cuda" and lc.pin_memory is False else ""
         print(
             f"trainyard: warning: data-bound: {fraction:.0%} of epoch {self.epoch + 1} went to waiting for batches "
             f"(loader.num_workers={lc.num_workers}); fix: `trainyard tune-workers RUN.yaml --write`{pin}, or a lighter data.train_transforms",
