@@ -228,7 +228,6 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     from trainyard.parallel.launch import resolve_device
 
     check_loader_config(cfg.loader)
-    started = time.perf_counter()
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg)
@@ -245,6 +244,7 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
         loader.generator.manual_seed(cfg.seed)
         return loader
 
+    started = time.perf_counter()  # the budget is for measuring, not for building the data and the model
     x, y = next(iter(loader_for(0)))
     compute_s = _compute_time(step, x, y, device, per_run)
     tuning = Tuning([], compute_s, device, cpus)
@@ -252,7 +252,7 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     # then biases no candidate. Training throughput is the mean of the two passes.
     upward: list[tuple[int, float, float, float, float]] = []
     for n in values:
-        if upward and time.perf_counter() - started > max_seconds:
+        if len(upward) >= 2 and time.perf_counter() - started > max_seconds:
             tuning.notes.append(f"time budget spent: num_workers > {upward[-1][0]} not measured (raise --max-seconds)")
             break
         batches_per_s, _, startup = _timed_pass(loader_for(n), per_run, None, device)
