@@ -82,8 +82,8 @@ def resolve_collate(spec: str, dataset_default: Callable | None = None) -> Calla
     module_name, func_name = spec.split(":", 1)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"loader.collate={spec}: cannot import {module_name} ({exc})") from None
+    except Exception as exc:  # ImportError, or whatever the user's module raised while importing
+        raise ConfigError(f"loader.collate={spec}: cannot import {module_name} ({type(exc).__name__}: {exc})") from None
     func = getattr(module, func_name, None)
     if func is None:
         raise ConfigError(f"loader.collate={spec}: {module_name} has no attribute {func_name!r}")
@@ -97,11 +97,19 @@ def resolve_pin_memory(value: bool | str, device: torch.device) -> bool:
 
 
 def resolve_num_workers(value: int | str) -> int:
+    """A number as is; ``auto`` here is the heuristic (the trainer first swaps in a measured value, see data/workers.py)."""
     if value == "auto":
-        from trainyard.data.workers import auto_num_workers
+        from trainyard.data.workers import heuristic_num_workers
 
-        return auto_num_workers()
+        return heuristic_num_workers()
     return int(value)
+
+
+def check_loader_config(cfg: LoaderConfig) -> None:
+    """The loader settings that depend on each other, checked before anything runs."""
+    if cfg.prefetch_factor is not None and cfg.num_workers == 0:
+        raise ConfigError(f"loader.prefetch_factor={cfg.prefetch_factor}: needs loader.num_workers > 0 (it is 0); remove it or add workers")
+    resolve_collate(cfg.collate)
 
 
 def build_loader(
@@ -115,9 +123,8 @@ def build_loader(
     batch_sampler: Sampler | None = None,
 ) -> DataLoader:
     """One DataLoader from the loader config. Training loaders get a generator the trainer reseeds each epoch."""
+    check_loader_config(cfg)
     workers = resolve_num_workers(cfg.num_workers)
-    if cfg.prefetch_factor is not None and workers == 0:
-        raise ConfigError(f"loader.prefetch_factor={cfg.prefetch_factor}: needs loader.num_workers > 0 (it is 0)")
     batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
     kwargs: dict[str, Any] = dict(
         num_workers=workers,
@@ -127,7 +134,7 @@ def build_loader(
         persistent_workers=cfg.persistent_workers and workers > 0,
         generator=torch.Generator(),
     )
-    if cfg.prefetch_factor is not None:
+    if cfg.prefetch_factor is not None and workers > 0:  # num_workers: auto may resolve to 0
         kwargs["prefetch_factor"] = cfg.prefetch_factor
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)

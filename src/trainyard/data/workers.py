@@ -1,8 +1,39 @@
-"""Choosing ``num_workers``."""
+"""Choosing ``num_workers`` by measuring it.
+
+``measure_workers(cfg)`` builds the run's real training data (its transforms included) and model,
+then for ``num_workers`` = 0, 1, 2, 4, ... up to the CPU count it measures
+
+- the loader alone, in batches/s, and
+- training: the loader feeding the model's real step (forward, backward, optimizer step), in
+  steps/s, with the share of time spent waiting for the next batch.
+
+The recommendation is the value with the best training throughput (the fewest workers within 5%
+of it: workers cost memory and start-up time). Training throughput, not the loader's alone, is what
+counts: on a CPU run, workers compete with the model for the same cores, and a loader that is fast
+on its own can make training slower.
+
+``loader.num_workers: auto`` uses the last measurement for this data on this machine (stored by
+every ``trainyard tune-workers`` run), else a heuristic, and says which.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from trainyard.config import RunConfig, to_dict
+
+NEAR_BEST = 0.95  # values within 5% of the best count as the best (noise): pick the fewest workers among them
+DATA_BOUND = 0.30  # waiting for data more than this share of the time: the run is data-bound
 
 
 def cpu_count() -> int:
@@ -12,6 +43,230 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def auto_num_workers() -> int:
-    """``loader.num_workers: auto`` without a measurement: leave one core for the training process."""
+def heuristic_num_workers() -> int:
+    """Without a measurement: leave one core for the training process, at most 4."""
     return max(0, min(4, cpu_count() - 1))
+
+
+def candidates(cpus: int) -> list[int]:
+    """0, 1, 2, 4, 8, ... up to the CPU count, and the CPU count itself."""
+    values = [0, 1]
+    while values[-1] * 2 <= cpus:
+        values.append(values[-1] * 2)
+    if values[-1] < cpus:
+        values.append(cpus)
+    return [v for v in values if v <= max(cpus, 1)]
+
+
+# --- the stored measurements that `auto` reads ------------------------------------------------
+
+
+def cache_path() -> Path:
+    root = os.environ.get("TRAINYARD_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "trainyard")
+    return Path(root) / "num_workers.json"
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    """What the best num_workers depends on: the data and its transforms, the batch, the model, the device, this machine."""
+    key = {
+        "data": to_dict(cfg.data),
+        "loader": {k: v for k, v in to_dict(cfg.loader).items() if k != "num_workers"},
+        "model": to_dict(cfg.model),
+        "device": cfg.trainer.device,
+        "precision": cfg.trainer.precision,
+        "host": platform.node(),
+        "cpus": cpu_count(),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stored_num_workers(cfg: RunConfig) -> int | None:
+    try:
+        entry = json.loads(cache_path().read_text(encoding="utf-8")).get(fingerprint(cfg))
+    except (OSError, ValueError):
+        return None
+    return int(entry["num_workers"]) if isinstance(entry, dict) and "num_workers" in entry else None
+
+
+def store_num_workers(cfg: RunConfig, num_workers: int) -> Path | None:
+    """Remember a measurement for ``auto``. A cache that cannot be written is skipped, not an error."""
+    path = cache_path()
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not isinstance(entries, dict):
+            entries = {}
+        entries[fingerprint(cfg)] = {"num_workers": num_workers, "dataset": cfg.data.dataset, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_auto(cfg: RunConfig) -> tuple[int, str]:
+    """``loader.num_workers`` as a number, and where it came from (for the run's log)."""
+    value = cfg.loader.num_workers
+    if value != "auto":
+        return int(value), "set"
+    stored = stored_num_workers(cfg)
+    if stored is not None:
+        return stored, f"measured by trainyard tune-workers for this data on this machine ({cache_path()})"
+    return heuristic_num_workers(), f"not measured yet, so a guess (CPU count {cpu_count()} - 1, at most 4); measure it with `trainyard tune-workers`"
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    num_workers: int
+    batches_per_s: float  # the loader alone
+    steps_per_s: float  # the loader feeding the model's training step
+    data_wait: float  # share of training time spent waiting for the next batch
+    startup_s: float  # until the first batch
+
+
+@dataclass
+class Tuning:
+    measurements: list[Measurement]
+    compute_s: float  # the model's training step alone, one batch, seconds
+    device: torch.device
+    cpus: int
+    stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Measurement:
+        top = max(m.steps_per_s for m in self.measurements)
+        return min((m for m in self.measurements if m.steps_per_s >= NEAR_BEST * top), key=lambda m: m.num_workers)
+
+    @property
+    def data_bound(self) -> bool:
+        return self.best.data_wait > DATA_BOUND
+
+
+def _train_step(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> Callable[[Any, Any], None]:
+    from trainyard.engine.optim import build_optimizer
+
+    optimizer = build_optimizer(model, cfg.optim)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
+    if amp is torch.float16 and device.type != "cuda":
+        amp = None
+
+    def step(x: Any, y: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # sync point: only at the ends of a timed window
+
+
+def _timed_pass(loader: Any, seconds: float, step: Callable | None, device: torch.device) -> tuple[float, float, float]:
+    """Iterate (restarting at each epoch's end, as training does) for about ``seconds`` after the first batch.
+    Returns (batches per second, share of time waiting for batches, seconds until the first batch)."""
+    from trainyard.engine.evaluate import move
+
+    start = time.perf_counter()
+    it = iter(loader)
+    x, y = next(it)
+    startup = time.perf_counter() - start
+    if step is not None:
+        step(move(x, device), y.to(device, non_blocking=True))
+        _sync(device)
+    count, wait = 0, 0.0
+    begin = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        wait += time.perf_counter() - t0
+        if step is not None:
+            step(move(x, device), y.to(device, non_blocking=True))
+        count += 1
+        if time.perf_counter() - begin >= seconds and count >= 2:
+            break
+    _sync(device)
+    elapsed = max(time.perf_counter() - begin, 1e-9)
+    del it  # shuts the workers down
+    return count / elapsed, min(wait / elapsed, 1.0), startup
+
+
+def _compute_time(step: Callable, x: Any, y: torch.Tensor, device: torch.device, seconds: float) -> float:
+    from trainyard.engine.evaluate import move
+
+    x, y = move(x, device), y.to(device)
+    step(x, y)
+    _sync(device)
+    count, begin = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - begin < seconds:
+        step(x, y)
+        count += 1
+        if count % 5 == 0:
+            _sync(device)
+    _sync(device)
+    return (time.perf_counter() - begin) / count
+
+
+def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[[Measurement], None] | None = None) -> Tuning:
+    """Measure ``num_workers`` = 0, 1, 2, 4, ... on the run's real data and model within about ``max_seconds``."""
+    from trainyard.data import build_data
+    from trainyard.data.loading import build_loader, check_loader_config, train_sampler
+    from trainyard.models import build_model
+    from trainyard.parallel.launch import resolve_device
+
+    check_loader_config(cfg.loader)
+    device = resolve_device(cfg.trainer.device)
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg)
+    model = build_model(cfg.model, data.info).to(device).train()
+    step = _train_step(cfg, model, device)
+    cpus = cpu_count()
+    values = candidates(cpus)
+    per_run = max(0.9 * max_seconds / (2 * len(values) + 1), 0.25)
+
+    def loader_for(n: int):
+        loader_cfg = dataclasses.replace(cfg.loader, num_workers=n, prefetch_factor=cfg.loader.prefetch_factor if n else None)
+        sampler = train_sampler(data.train, shuffle=cfg.loader.shuffle, seed=cfg.seed)
+        loader = build_loader(data.train, loader_cfg, device=device, sampler=sampler, train=True, collate_fn=data.collate_fn)
+        loader.generator.manual_seed(cfg.seed)
+        return loader
+
+    started = time.perf_counter()  # the budget is for measuring, not for building the data and the model
+    x, y = next(iter(loader_for(0)))
+    compute_s = _compute_time(step, x, y, device, per_run)
+    tuning = Tuning([], compute_s, device, cpus)
+    # Up the candidates, then back down (A B C C B A): a machine whose load drifts during the measurement
+    # then biases no candidate. Training throughput is the mean of the two passes.
+    upward: list[tuple[int, float, float, float, float]] = []
+    for n in values:
+        if len(upward) >= 2 and time.perf_counter() - started > max_seconds:
+            tuning.notes.append(f"time budget spent: num_workers > {upward[-1][0]} not measured (raise --max-seconds)")
+            break
+        batches_per_s, _, startup = _timed_pass(loader_for(n), per_run, None, device)
+        steps_per_s, data_wait, _ = _timed_pass(loader_for(n), per_run / 2, step, device)
+        upward.append((n, batches_per_s, startup, steps_per_s, data_wait))
+        best = max(u[3] for u in upward)
+        # Past 2 workers, stop once training throughput falls below the best: more workers only add contention.
+        if n >= 2 and steps_per_s < NEAR_BEST * best and n != values[-1]:
+            tuning.stopped_early = True
+            break
+    for n, batches_per_s, startup, steps_up, wait_up in reversed(upward):
+        steps_down, wait_down, _ = _timed_pass(loader_for(n), per_run / 2, step, device)
+        tuning.measurements.insert(0, Measurement(n, batches_per_s, (steps_up + steps_down) / 2, (wait_up + wait_down) / 2, startup))
+    if report is not None:
+        for m in tuning.measurements:
+            report(m)
+    return tuning

@@ -21,10 +21,12 @@ def seed_everything(seed: int) -> None:
 
 def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, float]:
     """Train one run (in every process the strategy launches); returns the primary's final metrics."""
+    from trainyard.data.loading import check_loader_config
     from trainyard.parallel import build_strategy
     from trainyard.track import check_backends
 
     check_backends(cfg.track.backends)
+    check_loader_config(cfg.loader)
     strategy = build_strategy(cfg)
     return strategy.launch(run_process, cfg, str(resume) if resume is not None else None)
 

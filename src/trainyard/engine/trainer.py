@@ -7,6 +7,7 @@ read (``.item()``) only every ``trainer.log_every`` optimizer steps and at epoch
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
@@ -59,6 +60,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loss_fn = nn.CrossEntropyLoss()
 
+        self.loader_cfg = self._resolve_workers()
         self.train_sampler = strategy.train_sampler(data.train, shuffle=cfg.loader.shuffle, seed=cfg.seed)
         if cfg.loader.bucket_by_length:  # batches of similar-length samples, regrouped from this rank's indices
             from trainyard.data.bucketing import LengthBucketBatchSampler, sample_lengths
@@ -67,9 +69,9 @@ class Trainer:
                 self.train_sampler, sample_lengths(data.train), cfg.loader.batch_size, pool_batches=cfg.loader.bucket_pool,
                 shuffle=cfg.loader.shuffle, drop_last=cfg.loader.drop_last, seed=cfg.seed,
             )
-            self.train_loader = build_loader(data.train, cfg.loader, device=self.device, batch_sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
+            self.train_loader = build_loader(data.train, self.loader_cfg, device=self.device, batch_sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
         else:
-            self.train_loader = build_loader(data.train, cfg.loader, device=self.device, sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
+            self.train_loader = build_loader(data.train, self.loader_cfg, device=self.device, sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
         self.val_loader = self._eval_loader(data.val)
         self.test_loader = self._eval_loader(data.test)
         if len(self.train_loader) == 0:
@@ -99,13 +101,38 @@ class Trainer:
         self.batch_in_epoch = 0
         self._stop_signal: int | None = None
         self._first_batch_logged = False
+        self._warned_data_bound = False
         self.history: list[dict[str, float]] = []
 
     def _eval_loader(self, dataset):
         if dataset is None or len(dataset) == 0:
             return None
         sampler = self.strategy.eval_sampler(dataset)
-        return build_loader(dataset, self.cfg.loader, device=self.device, sampler=sampler, train=False, collate_fn=self.data.collate_fn)
+        return build_loader(dataset, self.loader_cfg, device=self.device, sampler=sampler, train=False, collate_fn=self.data.collate_fn)
+
+    def _resolve_workers(self):
+        """``loader.num_workers: auto`` becomes the stored measurement (or a heuristic); the log says which."""
+        from trainyard.data.workers import resolve_auto
+
+        workers, source = resolve_auto(self.cfg)
+        if self.cfg.loader.num_workers == "auto" and self.strategy.is_primary:
+            print(f"trainyard: loader.num_workers=auto -> {workers}: {source}", flush=True)
+        return dataclasses.replace(self.cfg.loader, num_workers=workers)
+
+    def _warn_if_data_bound(self, fraction: float) -> None:
+        """Once per run, on the primary: most of the step time went to waiting for batches."""
+        from trainyard.data.workers import DATA_BOUND
+
+        if self._warned_data_bound or fraction <= DATA_BOUND or not self.strategy.is_primary:
+            return
+        self._warned_data_bound = True
+        lc = self.loader_cfg
+        pin = ", loader.pin_memory=true" if self.device.type == "cuda" and lc.pin_memory is False else ""
+        print(
+            f"trainyard: warning: data-bound: {fraction:.0%} of epoch {self.epoch + 1} went to waiting for batches "
+            f"(loader.num_workers={lc.num_workers}); fix: `trainyard tune-workers RUN.yaml --write`{pin}, or a lighter data.train_transforms",
+            file=sys.stderr, flush=True,
+        )
 
     # --- checkpoints -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -303,6 +330,7 @@ class Trainer:
         if correct_total or seen_total:
             metrics["train/accuracy"] = correct_total / max(seen_total, 1)
         metrics["perf/data_wait_fraction"] = min(wait / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
+        self._warn_if_data_bound(metrics["perf/data_wait_fraction"])
         return metrics
 
     def _progress(self, total: int):
