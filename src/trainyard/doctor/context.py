@@ -111,11 +111,15 @@ class Context:
 
     def train_loader(self):
         """A fresh training loader exactly as the trainer builds it (sampler from the strategy)."""
+        import dataclasses
+
         from trainyard.data.loading import build_loader
+        from trainyard.data.workers import resolve_auto
 
         data = self.data
+        loader_cfg = dataclasses.replace(self.cfg.loader, num_workers=resolve_auto(self.cfg)[0])  # auto as the trainer resolves it
         sampler = self.strategy.train_sampler(data.train, shuffle=self.cfg.loader.shuffle, seed=self.cfg.seed)
-        return build_loader(data.train, self.cfg.loader, device=self.device, sampler=sampler, train=True, collate_fn=data.collate_fn)
+        return build_loader(data.train, loader_cfg, device=self.device, sampler=sampler, train=True, collate_fn=data.collate_fn)
 
     @property
     def batches(self) -> list[tuple[Any, torch.Tensor]]:

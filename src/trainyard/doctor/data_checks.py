@@ -93,13 +93,12 @@ def inputs(ctx: Context) -> Finding:
 
 def loader(ctx: Context) -> Finding:
     """7. Data time against compute time per step; num_workers against the CPUs; pin_memory without CUDA."""
-    from trainyard.data.loading import resolve_num_workers
-    from trainyard.data.workers import cpu_count
+    from trainyard.data.workers import cpu_count, resolve_auto
     from trainyard.engine.evaluate import move
     from trainyard.engine.optim import build_optimizer
 
     cfg, device = ctx.cfg, ctx.device
-    workers, cpus = resolve_num_workers(cfg.loader.num_workers), cpu_count()
+    workers, cpus = resolve_auto(cfg)[0], cpu_count()
     findings: list[Finding] = []
     if workers > cpus:
         findings.append(warn(f"loader.num_workers={workers} on {cpus} CPUs", "more workers than cores only adds contention: run `trainyard tune-workers`"))

@@ -250,7 +250,6 @@ class Trainer:
         strategy, device, loss_fn, autocast = self.strategy, self.device, self.loss_fn, self.autocast
         accumulate, clip, log_every = t.accumulate, t.clip_grad_norm, t.log_every
         world_size = strategy.world_size
-        primary = strategy.is_primary
 
         model.train()
         self.train_sampler.set_epoch(self.epoch)
