@@ -25,7 +25,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def one_line_error(code: int, err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("trainyard: warning:")]  # e.g. data-bound
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("trainyard: error: "), err
     return lines[0]
