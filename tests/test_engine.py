@@ -173,7 +173,8 @@ def test_hot_path_reads_values_only_at_log_steps(tmp_path, monkeypatch):
     def counting(real):
         def read(self, *args):
             caller = sys._getframe(1).f_code.co_filename
-            if f"{os.sep}trainyard{os.sep}" in caller:  # trainyard's own reads (torch's optimizers read CPU step counters)
+            # trainyard's step-loop code (torch's optimizers read CPU step counters; trackers read at epoch ends)
+            if f"{os.sep}trainyard{os.sep}" in caller and f"{os.sep}track{os.sep}" not in caller:
                 calls["n"] += 1
             return real(self, *args)
 
@@ -292,3 +293,15 @@ def test_graph_tracing_failure_is_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="model graph not logged"):
         tracker.log_graph(Untraceable(), torch.zeros(1, 3))
     tracker.close("finished")
+
+
+def test_best_is_a_link_that_later_saves_do_not_touch(tmp_path):
+    from trainyard.engine.checkpoint import link_checkpoint, save_checkpoint
+
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint(last, {"model": {"w": torch.ones(3)}})
+    link_checkpoint(last, best)
+    save_checkpoint(last, {"model": {"w": torch.zeros(3)}})
+    assert torch.equal(load_checkpoint(best)["model"]["w"], torch.ones(3))
+    assert torch.equal(load_checkpoint(last)["model"]["w"], torch.zeros(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]

@@ -7,6 +7,7 @@ Training order is a function of (seed, epoch) alone, like ``DistributedSampler``
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import random
 from typing import Any, Callable, Iterator
@@ -34,9 +35,7 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         skip, self.skip = self.skip, 0
-        for i, index in enumerate(self.inner):
-            if i >= skip:
-                yield index
+        return itertools.islice(iter(self.inner), skip, None)
 
     def __len__(self) -> int:
         return len(self.inner)

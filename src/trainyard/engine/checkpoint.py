@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,22 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """``target`` becomes the same checkpoint as ``source`` without writing it twice: a hard link (a copy where
+    links are not supported), swapped in atomically. A later save of ``source`` replaces its file, not ``target``'s."""
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()

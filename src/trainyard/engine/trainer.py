@@ -21,7 +21,7 @@ from torch import nn
 from trainyard.config import RunConfig, flat_items, to_dict
 from trainyard.data import DataBundle
 from trainyard.data.loading import build_loader
-from trainyard.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainyard.engine.checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainyard.engine.evaluate import EvalResult, evaluate, move
 from trainyard.engine.optim import build_optimizer, build_scheduler, steps_per_epoch
 from trainyard.errors import ConfigError
@@ -162,11 +162,14 @@ class Trainer:
         set_rng_state(state["rng"])
         self._first_batch_logged = True
 
-    def save(self, name: str) -> None:
-        """Collective: every rank calls it, the primary writes."""
+    def save(self, name: str, *, also: str | None = None) -> None:
+        """Collective: every rank calls it, the primary writes ``name`` (and ``also``, the same state, as a link)."""
         state = self.state()
         if self.strategy.is_primary:
-            save_checkpoint(self.run_dir / "checkpoints" / name, state)
+            folder = self.run_dir / "checkpoints"
+            save_checkpoint(folder / name, state)
+            if also is not None:
+                link_checkpoint(folder / name, folder / also)
         self.strategy.barrier()
 
     # --- signals -----------------------------------------------------------------------
@@ -209,9 +212,7 @@ class Trainer:
                 self.history.append(metrics)
                 if primary:
                     self._log_epoch(metrics)
-                self.save("last.pt")
-                if improved:
-                    self.save("best.pt")
+                self.save("last.pt", also="best.pt" if improved else None)
                 if t.patience and self.bad_epochs >= t.patience:
                     if primary:
                         print(f"early stopping: {self.monitor} has not improved for {t.patience} epochs (best {self.best:.4f})", flush=True)
@@ -249,7 +250,7 @@ class Trainer:
         model, optimizer, scheduler, scaler = self.model, self.optimizer, self.scheduler, self.scaler
         strategy, device, loss_fn, autocast = self.strategy, self.device, self.loss_fn, self.autocast
         accumulate, clip, log_every = t.accumulate, t.clip_grad_norm, t.log_every
-        world_size = strategy.world_size
+        world_size, max_steps = strategy.world_size, t.max_steps
 
         model.train()
         self.train_sampler.set_epoch(self.epoch)
@@ -294,11 +295,11 @@ class Trainer:
             sync = micro == accumulate or batch_index == total_batches
             with contextlib.nullcontext() if sync else strategy.no_sync(model):
                 loss, logits = strategy.forward_backward(model, x, y, loss_fn, autocast, scale)
-            n = len(y)
+            n = y.shape[0]
             seen += n
             loss_sum.add_(loss, alpha=n)
             if logits is not None:
-                correct.add_((logits.argmax(1) == y.to(logits.device)).sum())
+                correct.add_(logits.argmax(1).eq_(y if logits.device == device else y.to(logits.device)).sum())
             if sync:
                 micro = 0
                 if clip is not None:
@@ -311,7 +312,7 @@ class Trainer:
                 self.batch_in_epoch = batch_index
                 if self.step % log_every == 0:
                     self._log_train(loss_sum, seen, wait, log_state, progress)  # sync point: .item() every log_every steps
-                if self._done_steps():
+                if max_steps is not None and self.step >= max_steps:
                     break
                 if world_size == 1:
                     if self._stop_signal is not None:
