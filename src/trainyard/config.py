@@ -290,16 +290,6 @@ def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def field_help(key: str) -> str:
-    """The help text and limits of one dotted key, for messages and docs."""
-    cls: Any = RunConfig
-    f = None
-    for part in key.split("."):
-        f = {x.name: x for x in dataclasses.fields(cls)}[part]
-        cls = typing.get_type_hints(cls)[part]
-    return f.metadata.get("help", "") if f else ""
-
-
 def suggest(name: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""

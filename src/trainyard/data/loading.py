@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import math
 import random
 from typing import Any, Callable, Iterator
 
@@ -138,7 +137,3 @@ def build_loader(
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=cfg.drop_last and train, **kwargs)
-
-
-def batches_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
-    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)

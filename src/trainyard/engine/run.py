@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from trainyard.config import RunConfig, to_yaml
-from trainyard.errors import TrainyardError
 
 
 def seed_everything(seed: int) -> None:
@@ -104,5 +103,3 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
             write_status(run_dir, status=status, ended=time.time(), duration_s=round(time.time() - started, 3))
         strategy.teardown()
 
-
-__all__ = ["train", "seed_everything", "TrainyardError"]
