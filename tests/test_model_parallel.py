@@ -136,6 +136,17 @@ def test_more_stages_than_blocks_exits_2(tiny):
     assert lines == ["trainyard: error: parallel.devices: 4 stages but the model has only 2 blocks in order; use at most 2 devices"]
 
 
+def test_every_stage_must_hold_parameters():
+    from trainyard.parallel.blocks import split_starts
+
+    blocks = [("0", nn.Flatten()), ("1", nn.Linear(4, 4)), ("2", nn.ReLU()), ("3", nn.Linear(4, 2))]
+    with pytest.raises(ConfigError, match="3 stages but only 2 of the model's 4 blocks hold parameters; use at most 2 devices"):
+        split_starts(blocks, 3, "auto")
+    with pytest.raises(ConfigError, match=r"parallel.split=\[1\]: stage 0 \(blocks 0..0\) holds no parameters"):
+        split_starts(blocks, 2, [1])
+    assert split_starts(blocks, 2, "auto") == [0, 2] or split_starts(blocks, 2, "auto") == [0, 3]
+
+
 def test_model_parallel_checks_its_devices():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     if not torch.cuda.is_available():

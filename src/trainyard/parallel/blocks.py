@@ -91,8 +91,12 @@ def split_starts(blocks: NamedBlocks, stages: int, split: Any) -> list[int]:
     n = len(blocks)
     if stages > n:
         raise ConfigError(f"parallel.devices: {stages} stages but the model has only {n} blocks in order; use at most {n} devices")
+    counts = [parameter_count(b) for _, b in blocks]
     if split == "auto":
-        return balanced_starts([parameter_count(b) for _, b in blocks], stages)
+        with_params = sum(1 for c in counts if c)
+        if stages > with_params:
+            raise ConfigError(f"parallel.devices: {stages} stages but only {with_params} of the model's {n} blocks hold parameters; use at most {with_params} devices")
+        return _check_every_stage_learns(balanced_starts(counts, stages), counts, split)
     if not isinstance(split, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in split):
         raise ConfigError(f"parallel.split={split}: expected auto or a list of block indices where stages start, e.g. [0, 3]")
     starts = split if split[:1] == [0] else [0, *split]
@@ -100,6 +104,14 @@ def split_starts(blocks: NamedBlocks, stages: int, split: Any) -> list[int]:
         raise ConfigError(f"parallel.split={split}: gives {len(starts)} stages but parallel.devices gives {stages}")
     if any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= n:
         raise ConfigError(f"parallel.split={split}: stage starts must increase and lie in 1..{n - 1} (the model has {n} blocks)")
+    return _check_every_stage_learns(starts, counts, split)
+
+
+def _check_every_stage_learns(starts: list[int], counts: list[int], split: Any) -> list[int]:
+    """A stage without parameters would have nothing to train (and its optimizer nothing to hold)."""
+    for k, (a, b) in enumerate(zip(starts, [*starts[1:], len(counts)])):
+        if not sum(counts[a:b]):
+            raise ConfigError(f"parallel.split={split}: stage {k} (blocks {a}..{b - 1}) holds no parameters; move a split point or use fewer devices")
     return starts
 
 
