@@ -250,7 +250,7 @@ class Trainer:
         model, optimizer, scheduler, scaler = self.model, self.optimizer, self.scheduler, self.scaler
         strategy, device, loss_fn, autocast = self.strategy, self.device, self.loss_fn, self.autocast
         accumulate, clip, log_every = t.accumulate, t.clip_grad_norm, t.log_every
-        world_size, max_steps = strategy.world_size, t.max_steps
+        processes = strategy.processes
 
         model.train()
         self.train_sampler.set_epoch(self.epoch)
@@ -312,9 +312,9 @@ class Trainer:
                 self.batch_in_epoch = batch_index
                 if self.step % log_every == 0:
                     self._log_train(loss_sum, seen, wait, log_state, progress)  # sync point: .item() every log_every steps
-                if max_steps is not None and self.step >= max_steps:
+                if self._done_steps():
                     break
-                if world_size == 1:
+                if processes == 1:
                     if self._stop_signal is not None:
                         break
                 elif self.step % log_every == 0 and self._stop_agreed():  # ranks agree where they sync anyway

@@ -67,11 +67,19 @@ class Strategy:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    def any_rank(self, flag: bool) -> bool:
-        """Collective: True on every rank when ``flag`` is True on any rank (e.g. a stop signal that reached one)."""
+    @property
+    def processes(self) -> int:
+        """Processes in this run's process group (ddp ranks, pipeline stages), 1 without one. Not world_size:
+        a pipeline is one data-parallel replica (world_size 1) made of several processes."""
         import torch.distributed as dist
 
-        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def any_rank(self, flag: bool) -> bool:
+        """Collective over every process: True everywhere when ``flag`` is True in any (e.g. a stop signal that reached one)."""
+        import torch.distributed as dist
+
+        if self.processes == 1:
             return flag
         value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
