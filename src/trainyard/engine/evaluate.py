@@ -65,7 +65,7 @@ def evaluate(
             y = y.to(logits.device, non_blocking=True)
             logits = logits.float()
             loss_metric.update(loss_fn(logits, y), weight=len(y))
-            preds = logits.argmax(1)
+            preds = logits.max(1).indices  # = argmax(1), faster on CPU
             acc_metric.update(preds, y)
             if cm_metric is not None:
                 cm_metric.update(preds, y)

@@ -24,6 +24,7 @@ from trainyard.data.loading import build_loader
 from trainyard.engine.checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainyard.engine.evaluate import EvalResult, evaluate, move
 from trainyard.engine.optim import build_optimizer, build_scheduler, steps_per_epoch
+from trainyard.engine.totals import RunningTotals
 from trainyard.errors import ConfigError
 from trainyard.parallel import Strategy
 from trainyard.track import Tracker
@@ -264,9 +265,10 @@ class Trainer:
         else:
             scale = scaler.scale if scaler.is_enabled() else (lambda loss: loss)
 
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        totals = RunningTotals(device)  # keeps references each step, sums them at log steps and the epoch end
+        add_totals = totals.add
+        forward_backward = strategy.forward_backward
+        scaler_enabled = scaler.is_enabled()
         total_batches = len(self.train_loader)
         epoch_start = time.perf_counter()
         log_state = {"time": epoch_start, "seen": 0, "loss": 0.0, "wait": 0.0}
@@ -293,25 +295,27 @@ class Trainer:
             batch_index += 1
             micro += 1
             sync = micro == accumulate or batch_index == total_batches
-            with contextlib.nullcontext() if sync else strategy.no_sync(model):
-                loss, logits = strategy.forward_backward(model, x, y, loss_fn, autocast, scale)
-            n = y.shape[0]
-            seen += n
-            loss_sum.add_(loss, alpha=n)
-            if logits is not None:
-                correct.add_(logits.argmax(1).eq_(y if logits.device == device else y.to(logits.device)).sum())
+            if sync:
+                loss, logits = forward_backward(model, x, y, loss_fn, autocast, scale)
+            else:
+                with strategy.no_sync(model):
+                    loss, logits = forward_backward(model, x, y, loss_fn, autocast, scale)
+            add_totals(loss, len(y), logits, y)
             if sync:
                 micro = 0
                 if clip is not None:
                     scaler.unscale_(optimizer)
                     strategy.clip_grad_norm(model, clip)
-                scaler.step(optimizer)
-                scaler.update()
+                if scaler_enabled:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 scheduler.step()
                 self.step += 1
                 self.batch_in_epoch = batch_index
                 if self.step % log_every == 0:
-                    self._log_train(loss_sum, seen, wait, log_state, progress)  # sync point: .item() every log_every steps
+                    self._log_train(totals, wait, log_state, progress)  # sync point: .item() every log_every steps
                 if self._done_steps():
                     break
                 if processes == 1:
@@ -324,8 +328,9 @@ class Trainer:
         if progress is not None:
             progress.close()
 
-        totals = strategy.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)]))
-        loss_total, correct_total, seen_total = totals.tolist()  # sync point: once per epoch
+        totals.fold()
+        reduced = strategy.all_reduce_sum(torch.stack([totals.loss_sum.float(), totals.correct.float(), torch.tensor(float(totals.seen), device=device)]))
+        loss_total, correct_total, seen_total = reduced.tolist()  # sync point: once per epoch
         metrics = {"train/loss": loss_total / max(seen_total, 1), "lr": optimizer.param_groups[0]["lr"]}
         if correct_total or seen_total:
             metrics["train/accuracy"] = correct_total / max(seen_total, 1)
@@ -344,9 +349,11 @@ class Trainer:
 
         return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True)
 
-    def _log_train(self, loss_sum: torch.Tensor, seen: int, wait: float, state: dict, progress) -> None:
+    def _log_train(self, totals: RunningTotals, wait: float, state: dict, progress) -> None:
         now = time.perf_counter()
-        loss_now = loss_sum.item()
+        totals.fold_losses()
+        loss_now = totals.loss_sum.item()
+        seen = totals.seen
         window = seen - state["seen"]
         elapsed = max(now - state["time"], 1e-9)
         metrics = {

@@ -121,7 +121,7 @@ class Strategy:
         """One micro-step: forward, loss, backward. Returns (detached loss, detached logits or None)."""
         with autocast():
             logits = model(x)
-            loss = loss_fn(logits, y.to(logits.device, non_blocking=True))
+            loss = loss_fn(logits, y if y.device == logits.device else y.to(logits.device, non_blocking=True))
         scale(loss).backward()
         return loss.detach(), logits.detach()
 
