@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -67,6 +68,17 @@ def test_tensorboard_event_file_holds_every_kind(tmp_path):
     assert any(t.startswith("weights/") for t in tags["histograms"]) and any(t.startswith("grads/") for t in tags["histograms"])
     assert {"data/train_batch", "test/confusion_matrix"} <= set(tags["images"])
     assert tags["graph"] is True
+    weights = acc.Histograms(next(t for t in tags["histograms"] if t.startswith("weights/")))[-1].histogram_value
+    assert weights.num > 1 and sum(weights.bucket) == weights.num and weights.min <= weights.max  # every value counted once
+    assert len(weights.bucket) == len(weights.bucket_limit) == 30 and weights.bucket_limit[-1] >= weights.max
+    ops = {node.op for node in acc.Graph().node}
+    assert {"aten::_convolution", "aten::linear"} <= ops, ops  # the traced CNN itself, not an empty graph
+    picture = acc.Images("data/train_batch")[-1]
+    from PIL import Image
+
+    decoded = Image.open(io.BytesIO(picture.encoded_image_string))
+    assert decoded.size == (picture.width, picture.height) and picture.width > 8
+    assert picture.encoded_image_string == (run / "media" / "data_train_batch.png").read_bytes()  # encoded once, both places
     hparams = acc.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(hparams)
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -305,3 +317,24 @@ def test_best_is_a_link_that_later_saves_do_not_touch(tmp_path):
     assert torch.equal(load_checkpoint(best)["model"]["w"], torch.ones(3))
     assert torch.equal(load_checkpoint(last)["model"]["w"], torch.zeros(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("max_held", [1 << 22, 25])  # folded at the end only, and folded early every few steps
+def test_running_totals_equal_per_step_sums(max_held):
+    from trainyard.engine.totals import RunningTotals
+
+    g = torch.Generator().manual_seed(0)
+    totals = RunningTotals(torch.device("cpu"), max_held=max_held)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for n in [8, 8, 8, 5, 8, 3, 8]:  # a short batch in the middle, as length-bucketed batches have
+        logits, labels = torch.randn(n, 4, generator=g), torch.randint(0, 4, (n,), generator=g)
+        logits[0] = 1.0  # a tie: both count the first maximum
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        totals.add(loss, n, logits, labels)
+        loss_sum += loss.item() * n
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += n
+    totals.fold()
+    assert totals.seen == seen and int(totals.correct) == correct
+    assert totals.loss_sum.item() == pytest.approx(loss_sum, rel=1e-6)
+    assert not totals._logits and not totals._losses  # nothing held after a fold

@@ -50,13 +50,15 @@ def labelled_grid(images: torch.Tensor, titles: Sequence[str], mean=None, std=No
     canvas = Image.new("RGB", (cols * width, rows * (ch + band + 4)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
+    # every cell as uint8 HWC at once, scaled up by repeating pixels (nearest neighbour)
+    rgb = images[:, :3] if c >= 3 else images[:, :1].expand(n, 3, h, w)
+    cells = (rgb * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    if scale > 1:
+        cells = cells.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    cells = cells.contiguous().numpy()
     for i in range(n):
-        img = images[i][:3] if c >= 3 else images[i][:1].expand(3, h, w)
-        pil = Image.fromarray((img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
-        if scale > 1:
-            pil = pil.resize((cw, ch), Image.NEAREST)
         x0, y0 = (i % cols) * width + (width - cw) // 2, (i // cols) * (ch + band + 4) + 2
-        canvas.paste(pil, (x0, y0))
+        canvas.paste(Image.fromarray(cells[i]), (x0, y0))
         draw.text(((i % cols) * width + 2, y0 + ch + 1), titles[i], fill="black", font=font)
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 

@@ -21,42 +21,45 @@ class TensorBoardTracker(Tracker):
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
+        """Every scalar of one point in one event (``add_scalar`` writes an event per tag, the same values)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
+        self.writer._get_file_writer().add_summary(Summary(value=values), step)
 
     def log_groups(self, groups: Mapping[str, Mapping[str, float]], step: int) -> None:
         for main_tag, values in groups.items():
             self.writer.add_scalars(main_tag, dict(values), step)
 
     def log_histograms(self, model: nn.Module, step: int) -> None:
-        for name, p in model.named_parameters():
-            self._histogram(f"weights/{name}", p, step)
-            if p.grad is not None:
-                self._histogram(f"grads/{name}", p.grad, step)
+        """Weights and gradients, every histogram of one step in one event."""
+        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
-    def _histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        """30 equal buckets computed by torch (add_histogram's numpy path costs several times more per tensor)."""
-        v = values.detach().float().flatten().cpu()
-        v = v[torch.isfinite(v)]
-        if v.numel() == 0:
-            return
-        lo, hi = v.min().item(), v.max().item()
-        counts, edges = torch.histogram(v, bins=30, range=(lo, hi if hi > lo else lo + 1e-12))
-        self.writer.add_histogram_raw(
-            tag, min=lo, max=hi, num=v.numel(), sum=v.sum().item(), sum_squares=v.square().sum().item(),
-            bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step,
-        )
+        values = []
+        for name, p in model.named_parameters():
+            for tag, tensor in ((f"weights/{name}", p), (f"grads/{name}", p.grad)):
+                if tensor is not None and (histogram := _histogram(tensor)) is not None:
+                    values.append(Summary.Value(tag=tag, histo=HistogramProto(**histogram)))
+        if values:
+            self.writer._get_file_writer().add_summary(Summary(value=values), step)
 
     def log_graph(self, model: nn.Module, example: Any) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.writer.add_graph(model, example)
+                self.writer._get_file_writer().add_graph(graph_def(model, example))
         except Exception as exc:  # tracing fails on data-dependent control flow: a warning, never a crash
             warnings.warn(f"model graph not logged: tracing failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", stacklevel=2)
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
-        self.writer.add_image(tag, image, step)
+        """What ``add_image`` writes, from the PNG the media tracker also writes (encoded once, see encode_png)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        from trainyard.track.media import encode_png
+
+        png = encode_png(image)
+        picture = Summary.Image(height=png.height, width=png.width, colorspace=png.channels, encoded_image_string=png.data)
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
 
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
         self.writer.add_figure(tag, figure, step, close=False)  # Trackers closes it once every backend has it
@@ -76,3 +79,32 @@ class TensorBoardTracker(Tracker):
     def close(self, status: str) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def graph_def(model: nn.Module, example: Any):
+    """What ``SummaryWriter.add_graph`` logs, traced once: its ``graph()`` calls ``torch.jit.trace`` with the
+    default ``check_trace=True``, which traces the model a second time to compare (half of the cost)."""
+    from torch.utils.tensorboard._pytorch_graph import DeviceStepStats, GraphDef, RunMetadata, StepStats, VersionDef, parse
+
+    args = example if isinstance(example, tuple) else (example,)
+    trace = torch.jit.trace(model, args, check_trace=False)
+    torch._C._jit_pass_inline(trace.graph)
+    nodes = parse(trace.graph, trace, args)
+    return GraphDef(node=nodes, versions=VersionDef(producer=22)), RunMetadata(step_stats=StepStats(dev_stats=[DeviceStepStats(device="/device:CPU:0")]))
+
+
+def _histogram(values: torch.Tensor, bins: int = 30) -> dict[str, Any] | None:
+    """A HistogramProto's fields over the finite values, in equal buckets computed by torch (add_histogram's
+    numpy path costs several times more per tensor), with one host read for the statistics."""
+    v = values.detach().flatten().float().cpu()
+    finite = torch.isfinite(v)
+    if not finite.all():
+        v = v[finite]
+    if v.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(v)
+    lo, hi, total, squares = torch.stack([lo, hi, v.sum(), v.dot(v)]).tolist()
+    top = hi if hi > lo else lo + max(abs(lo), 1.0) * 1e-6  # one value throughout (e.g. a zero-initialised bias)
+    counts = torch.histc(v, bins=bins, min=lo, max=top).tolist()
+    limits = [lo + (top - lo) * (i + 1) / bins for i in range(bins)]
+    return {"min": lo, "max": hi, "num": v.numel(), "sum": total, "sum_squares": squares, "bucket_limit": limits, "bucket": counts}
