@@ -319,14 +319,14 @@ def test_best_is_a_link_that_later_saves_do_not_touch(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
-@pytest.mark.parametrize("max_held", [1 << 22, 25])  # folded at the end only, and folded early every few steps
+@pytest.mark.parametrize("max_held", [1 << 22, 25])  # folded at the end only, and early every few steps
 def test_running_totals_equal_per_step_sums(max_held):
     from trainyard.engine.totals import RunningTotals
 
     g = torch.Generator().manual_seed(0)
     totals = RunningTotals(torch.device("cpu"), max_held=max_held)
     loss_sum, correct, seen = 0.0, 0, 0
-    for n in [8, 8, 8, 5, 8, 3, 8]:  # a short batch in the middle, as length-bucketed batches have
+    for step, n in enumerate([8, 8, 8, 5, 8, 3, 8]):  # short batches in the middle, as length-bucketed batches have
         logits, labels = torch.randn(n, 4, generator=g), torch.randint(0, 4, (n,), generator=g)
         logits[0] = 1.0  # a tie: both count the first maximum
         loss = torch.nn.functional.cross_entropy(logits, labels)
@@ -334,7 +334,10 @@ def test_running_totals_equal_per_step_sums(max_held):
         loss_sum += loss.item() * n
         correct += int((logits.argmax(1) == labels).sum())
         seen += n
+        if step == 2:
+            totals.fold_losses()  # a log step in between: the loss total is current, logits stay until the fold
+            assert totals.loss_sum.item() == pytest.approx(loss_sum, rel=1e-6) and int(totals.correct) in (0, correct)
     totals.fold()
     assert totals.seen == seen and int(totals.correct) == correct
     assert totals.loss_sum.item() == pytest.approx(loss_sum, rel=1e-6)
-    assert not totals._logits and not totals._losses  # nothing held after a fold
+    assert not totals._losses and not totals._logits  # nothing held after a fold

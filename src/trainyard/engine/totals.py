@@ -1,10 +1,12 @@
 """Running training totals (loss x samples, correct predictions, samples) with no per-step kernels.
 
-Summing every step's loss and correct count as it comes costs five small kernels a step (add, argmax, eq,
-sum, add): on a tiny model that is several percent of the step. Instead each step only keeps references
-to its (detached) loss, logits and labels; the losses are reduced in one batch at log steps (the only
-total a log step reads), the logits at the epoch end (or once ``max_held`` elements are kept). Nothing
-is read to the host here, so the hot path stays free of syncs.
+Summing each step's loss and correct count as it comes costs five small kernels a step (add, argmax, eq,
+sum, add). On a tiny model that is 5-6% of the step, more than the kernels' own time: measured in
+``benchmarks/overhead.py``'s MLP, the reductions, run once a step between the model's own kernels, slow
+the whole step down (their code and data evict the step's). Instead each step only keeps references to
+its (detached) loss, logits and labels; the losses are reduced in one batch at log steps (the one total a
+log step reads), the logits at the epoch end, or once ``max_held`` elements are kept. Nothing is read to
+the host here, so the hot path stays free of syncs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 
 # Fold early once this many logit elements are held (16 MiB of float32): the references keep those
-# tensors alive, and a big output (many classes, big batches) should not pile up for log_every steps.
+# tensors alive, and a big output (many classes, big batches) should not pile up over an epoch.
 MAX_HELD = 1 << 22
 
 
@@ -41,7 +43,7 @@ class RunningTotals:
                 self.fold()
 
     def fold_losses(self) -> None:
-        """Reduce the kept losses into ``loss_sum`` (what a log step reads); no host sync."""
+        """Sum the kept losses into ``loss_sum``, the one total a log step reads (stack, sum, add; no host sync)."""
         if not self._losses:
             return
         losses, sizes = self._losses, self._sizes
@@ -53,9 +55,8 @@ class RunningTotals:
         self._losses, self._sizes = [], []
 
     def fold(self) -> None:
-        """Reduce everything kept into ``loss_sum`` and ``correct`` (a few kernels for all of it; no host sync).
-        Logits are only needed for the epoch's accuracy, so they are reduced here, at the epoch end, or when
-        more than ``max_held`` elements are kept, in one batch."""
+        """Reduce everything kept into ``loss_sum`` and ``correct``: at the epoch end, or early once more than
+        ``max_held`` logit elements are kept (the accuracy is only read at the epoch end)."""
         self.fold_losses()
         if self._logits:
             logits = torch.cat(self._logits) if len(self._logits) > 1 else self._logits[0]

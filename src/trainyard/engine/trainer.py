@@ -265,7 +265,7 @@ class Trainer:
         else:
             scale = scaler.scale if scaler.is_enabled() else (lambda loss: loss)
 
-        totals = RunningTotals(device)  # keeps references each step, sums them at log steps and the epoch end
+        totals = RunningTotals(device)  # no per-step kernels: losses summed at log steps, logits at the epoch end
         add_totals = totals.add
         forward_backward = strategy.forward_backward
         scaler_enabled = scaler.is_enabled()
