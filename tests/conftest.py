@@ -61,3 +61,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         [sys.executable, "-m", "trainyard", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+def interrupt_run(args: list[str], run_dir: Path, *, env: dict | None = None, lines: int = 8, wait: float = 150):
+    """``python -m trainyard train ARGS`` in its own process group; once ``run_dir/metrics.jsonl`` has ``lines``
+    lines, Ctrl-C the whole group (every rank or stage gets it, each at its own step). Asserts the run stopped
+    as an interrupted run should: exit 130, the resume command printed, status ``interrupted``. Returns stderr."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    command = [sys.executable, "-m", "trainyard", "train", *args]
+    job = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + wait
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= lines):
+        time.sleep(0.1)
+    os.killpg(job.pid, signal.SIGINT)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err[-3000:]
+    assert "resume with: trainyard train --resume" in err
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    return err

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SRC, run_cli
+from conftest import SRC, interrupt_run, run_cli
 from trainyard.config import load_config
 from trainyard.engine.checkpoint import load_checkpoint
 from trainyard.errors import ConfigError
@@ -275,21 +275,9 @@ def test_a_restart_resumes_only_a_folder_its_own_job_wrote(tmp_path):
 def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path):
     """Ctrl-C reaches every process of the group, each at its own step: the ranks agree where to stop
     (at the next log step), save last.pt once and exit 130, rather than waiting on each other forever."""
-    import signal
-
     root = tmp_path / "runs"
-    command = [sys.executable, "-m", "trainyard", "train", *SETUP, f"track.root={root}", "name=c", "parallel.strategy=ddp",
-               "parallel.devices=2", "trainer.epochs=50", "loader.batch_size=8"]
-    job = subprocess.Popen(command, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    metrics = root / "c" / "metrics.jsonl"
-    deadline = time.time() + 150
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 8):
-        time.sleep(0.1)
-    os.killpg(job.pid, signal.SIGINT)
-    out, err = job.communicate(timeout=60)
-    assert job.returncode == 130, err[-3000:]
-    assert "resume with: trainyard train --resume" in err
-    assert status(root / "c")["status"] == "interrupted"
+    interrupt_run([*SETUP, f"track.root={root}", "name=c", "parallel.strategy=ddp", "parallel.devices=2", "trainer.epochs=50",
+                   "loader.batch_size=8"], root / "c", env=ENV)
     state = load_checkpoint(root / "c" / "checkpoints" / "last.pt")
     assert 0 < state["step"] < 50 * 82
     finished(train("trainer.epochs=1", resume=root / "c"))  # and it resumes (to a shorter end: it stops at once)

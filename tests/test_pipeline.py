@@ -12,7 +12,7 @@ from trainyard.engine.checkpoint import load_checkpoint
 from trainyard.engine.run import train
 from trainyard.track.jsonl import read_metrics
 
-from conftest import run_cli
+from conftest import interrupt_run, run_cli
 
 # No BatchNorm or dropout; SGD with momentum and a constant rate, so a checkpoint resumes with any epoch count.
 # log_every=1: metrics.jsonl holds every step's loss. Digits: 1295 training samples, so each epoch ends
@@ -135,27 +135,9 @@ def test_optimizer_state_splits_into_stages_and_merges_back():
 def test_ctrl_c_stops_every_stage_after_the_same_step_and_saves(tmp_path):
     """Ctrl-C reaches both stage processes, each at its own step: they agree where to stop, save the
     whole model once and exit 130 (stages that stop apart would wait on each other's send/recv forever)."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     root = tmp_path / "runs"
-    command = [sys.executable, "-m", "trainyard", "train", f"track.root={root}", "name=p", "model.name=mlp", "parallel.strategy=pipeline",
-               "parallel.devices=2", "parallel.microbatches=2", "trainer.epochs=50", "trainer.log_every=5", "loader.batch_size=16",
-               "data.train_transforms=[]", "trainer.progress=false"]
-    job = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
-    metrics = root / "p" / "metrics.jsonl"
-    deadline = time.time() + 150
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 8):
-        time.sleep(0.1)
-    os.killpg(job.pid, signal.SIGINT)
-    out, err = job.communicate(timeout=60)
-    assert job.returncode == 130, err[-3000:]
-    assert "resume with: trainyard train --resume" in err
-    assert json.loads((root / "p" / "status.json").read_text())["status"] == "interrupted"
+    interrupt_run([f"track.root={root}", "name=p", "model.name=mlp", "parallel.strategy=pipeline", "parallel.devices=2",
+                   "parallel.microbatches=2", "trainer.epochs=50", "trainer.log_every=5", "loader.batch_size=16",
+                   "data.train_transforms=[]", "trainer.progress=false"], root / "p", env={"OMP_NUM_THREADS": "1"})
     state = load_checkpoint(root / "p" / "checkpoints" / "last.pt")
     assert state["step"] > 0 and {"1.weight", "5.weight"} <= set(state["model"])  # both stages: the whole model
