@@ -3,8 +3,12 @@ a plain PyTorch loop, alternating, median of N runs each.
 
 Two workloads: a tiny MLP on 64 features (real digits, replicated to 57,504 samples; framework cost
 dominates) and a small CNN on 28x28 MNIST (60,000 real images). Both sides read the same preloaded
-tensors through a DataLoader with batch 64, use AdamW with a per-step cosine schedule, and train for
-the same number of epochs. trainyard runs with its default tracking on (metrics.jsonl and TensorBoard:
+tensors through a DataLoader with batch 64 in the same shuffled order (seed + epoch, what trainyard's
+sampler draws), use AdamW with a per-step cosine schedule, and train for the same number of epochs:
+the same computation, checked by comparing the final weights of the first pair of runs. The order
+matters for speed, not only for results: a different order is a different trajectory, and on CPU the
+optimizer's kernels slow down several-fold on subnormal numbers (Adam's moments of dead units decay
+through them), so two orders can differ by a few percent in throughput with no framework involved. trainyard runs with its default tracking on (metrics.jsonl and TensorBoard:
 scalars every 50 steps, histograms, graph, image grid, checkpoints every epoch).
 
 Timed: from building the loaders to the end of the last epoch (Trainer(...) + fit() for trainyard);
@@ -82,8 +86,8 @@ def make_config(workload: str, root: str, device: str, precision: str, name: str
     ])
 
 
-def run_trainyard(cfg) -> float:
-    """Samples per second of Trainer(...) + fit() with the default tracking."""
+def run_trainyard(cfg) -> tuple[float, dict[str, torch.Tensor]]:
+    """Samples per second of Trainer(...) + fit() with the default tracking, and the final weights."""
     from trainyard.engine.trainer import Trainer
     from trainyard.parallel import build_strategy
     from trainyard.track import build_trackers
@@ -105,11 +109,11 @@ def run_trainyard(cfg) -> float:
         sync(strategy.device)
         elapsed = time.perf_counter() - start
     tracker.close("finished")
-    return cfg.trainer.epochs * len(data.train) / elapsed
+    return cfg.trainer.epochs * len(data.train) / elapsed, strategy.unwrap(trainer.model).state_dict()
 
 
-def run_raw(cfg) -> float:
-    """The same training written by hand."""
+def run_raw(cfg) -> tuple[float, dict[str, torch.Tensor]]:
+    """The same training written by hand: samples per second and the final weights."""
     from trainyard.data import build_data
 
     device = torch.device("cuda" if cfg.trainer.device == "cuda" else "cpu")
@@ -120,12 +124,15 @@ def run_raw(cfg) -> float:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
     sync(device)
     start = time.perf_counter()
-    loader = torch.utils.data.DataLoader(data.train, batch_size=64, shuffle=True, pin_memory=device.type == "cuda")
+    order = torch.Generator()  # reseeded each epoch: the order DistributedSampler(seed).set_epoch(epoch) gives
+    sampler = torch.utils.data.RandomSampler(data.train, generator=order)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=64, sampler=sampler, pin_memory=device.type == "cuda", generator=torch.Generator())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.trainer.epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    for _ in range(cfg.trainer.epochs):
+    for epoch in range(cfg.trainer.epochs):
+        order.manual_seed(cfg.seed + epoch)
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
@@ -136,7 +143,13 @@ def run_raw(cfg) -> float:
             scaler.update()
             sched.step()
     sync(device)
-    return cfg.trainer.epochs * len(data.train) / (time.perf_counter() - start)
+    return cfg.trainer.epochs * len(data.train) / (time.perf_counter() - start), model.state_dict()
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str:
+    """'identical', or the largest difference (expected on GPUs, where kernels need not be deterministic)."""
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    return "identical (raw and trainyard did the same computation)" if diff == 0 else f"differ by up to {diff:.3g}"
 
 
 def sync(device: torch.device) -> None:
@@ -155,13 +168,15 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as root:
         for workload in args.workloads:
-            # one unmeasured run of each side first: caches, allocator, lazy imports
-            run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-warm-raw"))
-            run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-warm"))
+            # one unmeasured run of each side first (caches, allocator, lazy imports), which also checks
+            # that both sides did the same computation
+            _, raw_weights = run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-warm-raw"))
+            _, our_weights = run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-warm"))
+            print(f"{workload}: final weights {same_weights(raw_weights, our_weights)}")
             raw, ours = [], []
             for i in range(args.repeats):  # alternating, so drift hits both sides alike
-                raw.append(run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-raw-{i}")))
-                ours.append(run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-{i}")))
+                raw.append(run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-raw-{i}"))[0])
+                ours.append(run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-{i}"))[0])
             r, o = statistics.median(raw), statistics.median(ours)
             results[workload] = o / r
             pairs = statistics.median(b / a for a, b in zip(raw, ours))  # each run against the raw run just before it
