@@ -92,6 +92,30 @@ def test_tensorboard_event_file_holds_every_kind(tmp_path):
     assert not [p for p in run.iterdir() if p.is_dir() and p.name.replace(".", "").isdigit()], "add_hparams' timestamped sub-run"
 
 
+def test_tensorboard_writes_in_the_calling_thread_and_a_resumed_run_drops_later_events(tmp_path):
+    import threading
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainyard.track.tensorboard import TensorBoardTracker
+
+    run, threads = tmp_path / "tb", threading.active_count()
+    tracker = TensorBoardTracker(config(tmp_path), run)
+    for step in range(1, 11):
+        tracker.log_metrics({"train/loss": float(step)}, step, 0)
+    tracker.log_groups({"epoch/loss": {"train": 1.0, "val": 2.0}}, 1)
+    assert threading.active_count() == threads  # no writer thread to take turns at the GIL with the step loop
+    tracker.close("interrupted")  # as if killed at step 10 with the last checkpoint at step 6
+    resumed = TensorBoardTracker(config(tmp_path), run, resume_step=6)
+    for step in range(6, 13):
+        resumed.log_metrics({"train/loss": 100.0 + step}, step, 0)
+    resumed.close("finished")
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    points = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert points == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 13)]  # no step twice
+
+
 def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
     train(config(tmp_path, "name=keep", "trainer.epochs=1"))
     before = (tmp_path / "runs" / "keep" / "checkpoints" / "last.pt").read_bytes()
