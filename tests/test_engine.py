@@ -354,7 +354,7 @@ def test_running_totals_equal_per_step_sums(max_held):
         logits, labels = torch.randn(n, 4, generator=g), torch.randint(0, 4, (n,), generator=g)
         logits[0] = 1.0  # a tie: both count the first maximum
         loss = torch.nn.functional.cross_entropy(logits, labels)
-        totals.add(loss, n, logits, labels)
+        totals.add(loss, labels, logits)
         loss_sum += loss.item() * n
         correct += int((logits.argmax(1) == labels).sum())
         seen += n
@@ -364,4 +364,4 @@ def test_running_totals_equal_per_step_sums(max_held):
     totals.fold()
     assert totals.seen == seen and int(totals.correct) == correct
     assert totals.loss_sum.item() == pytest.approx(loss_sum, rel=1e-6)
-    assert not totals._losses and not totals._logits  # nothing held after a fold
+    assert not totals._held  # nothing held after a fold

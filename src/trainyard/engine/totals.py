@@ -23,45 +23,38 @@ class RunningTotals:
     def __init__(self, device: torch.device, max_held: int = MAX_HELD):
         self.loss_sum = torch.zeros((), device=device)  # sum over samples of the per-sample mean loss
         self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.seen = 0
+        self.seen = 0  # samples folded in
         self.max_held = max_held
-        self._losses: list[torch.Tensor] = []
-        self._sizes: list[int] = []
-        self._logits: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
-        self._held = 0
+        self._held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (loss, labels, logits)
+        self._fold_at = 1  # micro-batches held before an early fold: set from the logits' size at each fold
 
-    def add(self, loss: torch.Tensor, n: int, logits: torch.Tensor | None, labels: torch.Tensor) -> None:
-        """One micro-batch: its mean ``loss`` over ``n`` samples, and (when this process has them) its logits."""
-        self._losses.append(loss)
-        self._sizes.append(n)
-        self.seen += n
-        if logits is not None:
-            self._logits.append(logits)
-            self._labels.append(labels)
-            self._held += logits.numel()
-            if self._held > self.max_held:
-                self.fold()
-
-    def _fold_losses(self) -> None:
-        """Sum the kept losses into ``loss_sum`` (stack, sum, add; no host sync)."""
-        if not self._losses:
-            return
-        losses, sizes = self._losses, self._sizes
-        if len(set(sizes)) == 1:  # the usual case: one batch size
-            self.loss_sum.add_(torch.stack(losses).sum(), alpha=sizes[0])
-        else:  # a short last batch, or length-bucketed batches: one sum per batch size
-            for size in set(sizes):
-                self.loss_sum.add_(torch.stack([l for l, s in zip(losses, sizes) if s == size]).sum(), alpha=size)
-        self._losses, self._sizes = [], []
+    def add(self, loss: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None) -> None:
+        """One micro-batch: its mean ``loss`` over ``len(labels)`` samples, and (when this process has them)
+        its logits. Only a reference is kept: this runs every step, so it does as little as it can."""
+        held = self._held
+        held.append((loss, labels, logits))
+        if len(held) >= self._fold_at:
+            self.fold()
 
     def fold(self) -> None:
-        """Reduce everything kept into ``loss_sum`` and ``correct``: at log steps, the epoch end, and early once
-        more than ``max_held`` logit elements are kept."""
-        self._fold_losses()
-        if self._logits:
-            logits = torch.cat(self._logits) if len(self._logits) > 1 else self._logits[0]
-            labels = torch.cat(self._labels) if len(self._labels) > 1 else self._labels[0]
+        """Reduce everything kept into ``loss_sum``, ``correct`` and ``seen``: at log steps, the epoch end, and
+        early once about ``max_held`` logit elements are kept."""
+        held, self._held = self._held, []
+        if not held:
+            return
+        sizes = [labels.shape[0] for _, labels, _ in held]
+        self.seen += sum(sizes)
+        if len(set(sizes)) == 1:  # the usual case: one batch size
+            self.loss_sum.add_(torch.stack([loss for loss, _, _ in held]).sum(), alpha=sizes[0])
+        else:  # a short last batch, or length-bucketed batches: one sum per batch size
+            for size in set(sizes):
+                self.loss_sum.add_(torch.stack([loss for (loss, _, _), s in zip(held, sizes) if s == size]).sum(), alpha=size)
+        outputs = [(logits, labels) for _, labels, logits in held if logits is not None]
+        if outputs:
+            logits = torch.cat([o for o, _ in outputs]) if len(outputs) > 1 else outputs[0][0]
+            labels = torch.cat([y for _, y in outputs]) if len(outputs) > 1 else outputs[0][1]
             # max(1).indices is argmax(1) (the first maximum on ties), several times faster on CPU for few classes
             self.correct.add_(logits.max(1).indices.eq_(labels.to(logits.device, non_blocking=True)).sum())
-            self._logits, self._labels, self._held = [], [], 0
+            self._fold_at = max(1, self.max_held // max(o.numel() for o, _ in outputs))
+        else:
+            self._fold_at = self.max_held
