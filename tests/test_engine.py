@@ -116,6 +116,20 @@ def test_tensorboard_writes_in_the_calling_thread_and_a_resumed_run_drops_later_
     assert points == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 13)]  # no step twice
 
 
+def test_event_checksums_are_tensorboards():
+    import random
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+
+    from trainyard.track.crc32c import crc32c, masked_crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # CRC-32C's standard check value
+    rng = random.Random(0)
+    for n in [0, 1, 63, 64, 65, 4095, 4096, 4097, 4096 + 63, 20000, 150001]:  # both paths, lane boundaries
+        data = rng.randbytes(n)
+        assert masked_crc32c(data) == reference(data), n
+
+
 def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
     train(config(tmp_path, "name=keep", "trainer.epochs=1"))
     before = (tmp_path / "runs" / "keep" / "checkpoints" / "last.pt").read_bytes()

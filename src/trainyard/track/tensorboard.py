@@ -13,13 +13,13 @@ from typing import Any, Mapping
 
 import torch
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.writer import FileWriter
 
 from trainyard.config import RunConfig
 from trainyard.track import Tracker
+from trainyard.track.crc32c import masked_crc32c
 
 
 class TensorBoardTracker(Tracker):
