@@ -265,7 +265,7 @@ class Trainer:
         else:
             scale = scaler.scale if scaler.is_enabled() else (lambda loss: loss)
 
-        totals = RunningTotals(device)  # no per-step kernels: summed in one batch at log steps and the epoch end
+        totals = RunningTotals(device)  # no per-step kernels: losses summed at log steps, logits every few hundred steps
         add_totals = totals.add
         forward_backward = strategy.forward_backward
         scaler_enabled = scaler.is_enabled()
@@ -358,7 +358,7 @@ class Trainer:
 
     def _log_train(self, totals: RunningTotals, wait: float, state: dict, progress) -> None:
         now = time.perf_counter()
-        totals.fold()
+        totals.fold_losses()
         loss_now = totals.loss_sum.item()
         seen = totals.seen
         window = seen - state["seen"]
