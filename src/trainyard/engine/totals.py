@@ -4,15 +4,11 @@ Summing each step's loss and correct count as it comes costs five small kernels 
 sum, add). On a tiny model that is 5-6% of the step, more than the kernels' own time: measured in
 ``benchmarks/overhead.py``'s MLP, the reductions, run once a step between the model's own kernels, slow
 the whole step down (their code and data evict the step's). Instead each step only keeps references to
-its loss, logits and labels. The losses are summed in one batch at log steps (the total a log
+its (detached) loss, logits and labels. The losses are summed in one batch at log steps (the total a log
 step reads); the logits once about ``max_held`` elements are kept, and at the epoch end. Keeping that
 bound small keeps their memory reused and in cache (an epoch's worth took fresh pages every step: about
 1% of the MLP's time), while each fold still covers a few hundred steps of a small model.
 Nothing is read to the host here, so the hot path stays free of syncs.
-
-The references are not detached (two detach() calls measured 6 us a step inside the MLP's loop): backward
-has already freed their graphs' saved tensors, so what a kept loss holds on to is its graph's node objects
-(about 130 for a ResNet-18), released at the fold, which reads everything under no_grad.
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ class RunningTotals:
         if len(held) >= self._fold_at:
             self.fold()
 
-    @torch.no_grad()
     def fold_losses(self) -> None:
         """Sum the kept losses into ``loss_sum`` and their samples into ``seen`` (stack, sum, add; no host sync)."""
         new = self._held[self._summed :]
@@ -56,7 +51,6 @@ class RunningTotals:
             for size in set(sizes):
                 self.loss_sum.add_(torch.stack([loss for (loss, _, _), s in zip(new, sizes) if s == size]).sum(), alpha=size)
 
-    @torch.no_grad()
     def fold(self) -> None:
         """Reduce everything kept into ``loss_sum``, ``seen`` and ``correct``: at the epoch end, and early
         once about ``max_held`` logit elements are kept."""

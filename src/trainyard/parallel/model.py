@@ -47,7 +47,7 @@ class ModelParallel(Strategy):
     def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]):
         loss, logits = super().forward_backward(model, x, y, loss_fn, autocast, scale)
         # back to the first stage's device, where the step loop accumulates (a small copy, no host sync)
-        return loss.detach().to(self.device, non_blocking=True), logits.detach().to(self.device, non_blocking=True)
+        return loss.to(self.device, non_blocking=True), logits.to(self.device, non_blocking=True)
 
     def predict(self, model: nn.Module, x: Any) -> torch.Tensor:
         return model(x).to(self.device, non_blocking=True)
