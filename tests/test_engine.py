@@ -106,6 +106,9 @@ def test_tensorboard_writes_in_the_calling_thread_and_a_resumed_run_drops_later_
         tracker.log_metrics({"train/loss": float(step)}, step, 0)
     tracker.log_groups({"epoch/loss": {"train": 1.0, "val": 2.0}}, 1)
     assert threading.active_count() == threads  # no writer thread to take turns at the GIL with the step loop
+    on_disk = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    on_disk.Reload()
+    assert len(on_disk.Scalars("train/loss")) == 10  # buffered between clock flushes; the epoch's groups flush them
     tracker.close("interrupted")  # as if killed at step 10 with the last checkpoint at step 6
     resumed = TensorBoardTracker(config(tmp_path), run, resume_step=6)
     for step in range(6, 13):

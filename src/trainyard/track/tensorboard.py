@@ -44,6 +44,7 @@ class TensorBoardTracker(Tracker):
                 if folder not in writer.all_writers:
                     writer.all_writers[folder] = _FileWriter(folder, writer.flush_secs)
             writer.add_scalars(main_tag, dict(values), step)
+        writer.flush()  # once an epoch, whatever the clock says: a long validation leaves nothing unwritten
 
     def log_histograms(self, model: nn.Module, step: int) -> None:
         """Weights and gradients, every histogram of one step in one event."""
