@@ -7,9 +7,10 @@ tensors through a DataLoader with batch 64 in the same shuffled order (seed + ep
 sampler draws), use AdamW with a per-step cosine schedule, and train for the same number of epochs:
 the same computation, checked by comparing the final weights of the first pair of runs. The order
 matters for speed, not only for results: a different order is a different trajectory, and on CPU the
-optimizer's kernels slow down several-fold on subnormal numbers (Adam's moments of dead units decay
-through them), so two orders can differ by a few percent in throughput with no framework involved. trainyard runs with its default tracking on (metrics.jsonl and TensorBoard:
-scalars every 50 steps, histograms, graph, image grid, checkpoints every epoch).
+optimizer's kernels slow down on subnormal numbers (Adam's moments of dead units decay
+through them), so two orders can differ by a few percent in throughput with no framework involved.
+trainyard runs with its default tracking on (metrics.jsonl and TensorBoard: scalars every 50 steps,
+histograms, graph, image grid, checkpoints every epoch).
 
 Timed: from building the loaders to the end of the last epoch (Trainer(...) + fit() for trainyard);
 dataset loading and imports are outside the timing on both sides.

@@ -374,6 +374,17 @@ def test_forward_backward_hands_back_no_graph(tmp_path):
     assert all(p.grad is not None for p in model.parameters())  # and the backward did happen
 
 
+def test_running_totals_without_logits_hold_a_bounded_number_of_steps():
+    from trainyard.engine.totals import NO_OUTPUT_FOLD, RunningTotals
+
+    totals = RunningTotals(torch.device("cpu"))  # a pipeline stage before the last: losses and labels, no logits
+    for _ in range(3 * NO_OUTPUT_FOLD):
+        totals.add(torch.tensor(0.5), torch.zeros(4, dtype=torch.long), None)
+        assert len(totals._held) <= NO_OUTPUT_FOLD
+    totals.fold()
+    assert totals.seen == 12 * NO_OUTPUT_FOLD and totals.loss_sum.item() == pytest.approx(0.5 * totals.seen)
+
+
 @pytest.mark.parametrize("max_held", [1 << 22, 25])  # logits folded after the first step and at the end, or every step
 def test_running_totals_equal_per_step_sums(max_held):
     from trainyard.engine.totals import RunningTotals

@@ -17,6 +17,7 @@ import torch
 
 # Fold the kept logits once about this many elements are held (512 KiB of float32).
 MAX_HELD = 1 << 17
+NO_OUTPUT_FOLD = 1024  # micro-batches between folds where this process holds no logits
 
 
 class RunningTotals:
@@ -57,8 +58,8 @@ class RunningTotals:
         self.fold_losses()
         held, self._held, self._summed = self._held, [], 0
         outputs = [(logits, labels) for _, labels, logits in held if logits is not None]
-        if not outputs:
-            self._fold_at = self.max_held
+        if not outputs:  # a pipeline stage before the last: only the references to drop, now and then
+            self._fold_at = NO_OUTPUT_FOLD
             return
         logits = torch.cat([o for o, _ in outputs]) if len(outputs) > 1 else outputs[0][0]
         labels = torch.cat([y for _, y in outputs]) if len(outputs) > 1 else outputs[0][1]
