@@ -9,7 +9,7 @@ with the register's (linear) shift over 64 zero bytes, about ten times faster on
 from __future__ import annotations
 
 import numpy as np
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import CRC_TABLE, crc_update
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as _python_masked_crc32c
 
 _LANE = 64  # bytes per lane
@@ -17,11 +17,9 @@ _VECTOR_FROM = 4096  # below this the pure-Python loop is faster (numpy's fixed 
 _TABLE = np.array(CRC_TABLE, dtype=np.uint32)
 
 
-def _update(crc: int, data: bytes) -> int:
-    table = CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
+def _update(register: int, data: bytes) -> int:
+    """The CRC register after ``data`` (TensorBoard's ``crc_update`` takes and returns it inverted)."""
+    return crc_update(register ^ 0xFFFFFFFF, data) ^ 0xFFFFFFFF
 
 
 def _shift_tables(n: int) -> list[list[int]]:
