@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.writer import FileWriter
@@ -20,6 +21,7 @@ from torch.utils.tensorboard.writer import FileWriter
 from trainyard.config import RunConfig
 from trainyard.track import Tracker
 from trainyard.track.crc32c import masked_crc32c
+from trainyard.track.media import encode_png
 
 
 class TensorBoardTracker(Tracker):
@@ -30,8 +32,6 @@ class TensorBoardTracker(Tracker):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
         """Every scalar of one point in one event (``add_scalar`` writes an event per tag, the same values)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
         self.writer._get_file_writer().add_summary(Summary(value=values), step)
 
@@ -48,8 +48,6 @@ class TensorBoardTracker(Tracker):
 
     def log_histograms(self, model: nn.Module, step: int) -> None:
         """Weights and gradients, every histogram of one step in one event."""
-        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
-
         values = []
         for name, p in model.named_parameters():
             for tag, tensor in ((f"weights/{name}", p), (f"grads/{name}", p.grad)):
@@ -68,10 +66,6 @@ class TensorBoardTracker(Tracker):
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
         """What ``add_image`` writes, from the PNG the media tracker also writes (encoded once, see encode_png)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        from trainyard.track.media import encode_png
-
         png = encode_png(image)
         picture = Summary.Image(height=png.height, width=png.width, colorspace=png.channels, encoded_image_string=png.data)
         self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
