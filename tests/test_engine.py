@@ -106,9 +106,10 @@ def test_tensorboard_writes_in_the_calling_thread_and_a_resumed_run_drops_later_
         tracker.log_metrics({"train/loss": float(step)}, step, 0)
     tracker.log_groups({"epoch/loss": {"train": 1.0, "val": 2.0}}, 1)
     assert threading.active_count() == threads  # no writer thread to take turns at the GIL with the step loop
+    tracker.flush()
     on_disk = EventAccumulator(str(run), size_guidance={"scalars": 0})
     on_disk.Reload()
-    assert len(on_disk.Scalars("train/loss")) == 10  # buffered between clock flushes; the epoch's groups flush them
+    assert len(on_disk.Scalars("train/loss")) == 10  # buffered between clock flushes; flush() (each epoch end) writes them
     tracker.close("interrupted")  # as if killed at step 10 with the last checkpoint at step 6
     resumed = TensorBoardTracker(config(tmp_path), run, resume_step=6)
     for step in range(6, 13):
@@ -118,6 +119,53 @@ def test_tensorboard_writes_in_the_calling_thread_and_a_resumed_run_drops_later_
     acc.Reload()
     points = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert points == [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 13)]  # no step twice
+
+
+def test_step_scalars_are_held_and_handed_on_in_order(tmp_path):
+    """Trackers hold log_metrics points and hand them on together: before any other call (every backend
+    sees the calls in the order made), at flush(), at close(), and when the hold clock runs out."""
+    from trainyard.track import Tracker, Trackers
+    from trainyard.track.jsonl import JsonlTracker, read_metrics
+
+    class Recorder(Tracker):
+        def __init__(self):
+            self.calls = []
+
+        def log_metrics(self, metrics, step, epoch):
+            self.calls.append(("metrics", step))
+
+        def log_groups(self, groups, step):
+            self.calls.append(("groups", step))
+
+        def flush(self):
+            self.calls.append(("flush", None))
+
+    recorder, jsonl = Recorder(), JsonlTracker(tmp_path)
+    trackers = Trackers([recorder, jsonl], hold_secs=3600)
+    for step in (1, 2):
+        trackers.log_metrics({"train/loss": 1.0 / step}, step, 0)
+    assert recorder.calls == [] and read_metrics(tmp_path) == []  # held: nothing ran between steps
+    trackers.log_groups({"epoch/loss": {"train": 0.5}}, 3)
+    assert recorder.calls == [("metrics", 1), ("metrics", 2), ("groups", 3)]
+    trackers.log_metrics({"train/loss": 0.25}, 4, 0)
+    trackers.flush()
+    assert recorder.calls[3:] == [("metrics", 4), ("flush", None)]
+    assert [(row["step"], row["train/loss"]) for row in read_metrics(tmp_path)] == [(1, 1.0), (2, 0.5), (4, 0.25)]
+    trackers.log_metrics({"train/loss": 0.2}, 5, 0)
+    trackers.close("finished")
+    assert [row["step"] for row in read_metrics(tmp_path)] == [1, 2, 4, 5]
+
+    clocked = Recorder()
+    every_call = Trackers([clocked], hold_secs=0)  # the clock has run out at every point: handed on and flushed at once
+    every_call.log_metrics({"lr": 0.1}, 1, 0)
+    assert clocked.calls == [("metrics", 1), ("flush", None)]
+
+
+def test_metrics_jsonl_reader_skips_a_half_written_last_line(tmp_path):
+    from trainyard.track.jsonl import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "epoch": 0, "train/loss": 0.5}\n{"step": 2, "ep', encoding="utf-8")
+    assert read_metrics(tmp_path) == [{"step": 1, "epoch": 0, "train/loss": 0.5}]
 
 
 def test_event_checksums_are_tensorboards():

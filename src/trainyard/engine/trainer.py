@@ -414,6 +414,7 @@ class Trainer:
             self.tracker.log_groups(groups, self.epoch)
             if t.histogram_every and self.epoch % t.histogram_every == 0:
                 self.tracker.log_histograms(self.strategy.unwrap(self.model), self.step)
+            self.tracker.flush()  # once an epoch, whatever the clocks say: a long validation leaves nothing unwritten
         parts = [f"epoch {self.epoch}/{t.epochs}"]
         parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train/", "val/"))]
         parts.append(f"{metrics['time/epoch_s']:.1f}s")

@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.writer import FileWriter
 
 from trainyard.config import RunConfig
-from trainyard.track import Tracker
+from trainyard.track import FLUSH_SECS, Tracker
 from trainyard.track.crc32c import masked_crc32c
 from trainyard.track.media import encode_png
 
@@ -44,7 +44,6 @@ class TensorBoardTracker(Tracker):
                 if folder not in writer.all_writers:
                     writer.all_writers[folder] = _FileWriter(folder, writer.flush_secs)
             writer.add_scalars(main_tag, dict(values), step)
-        writer.flush()  # once an epoch, whatever the clock says: a long validation leaves nothing unwritten
 
     def log_histograms(self, model: nn.Module, step: int) -> None:
         """Weights and gradients, every histogram of one step in one event."""
@@ -85,12 +84,14 @@ class TensorBoardTracker(Tracker):
         # The metric values themselves are the run's scalars of the same tags (logged by the trainer).
         self.writer.flush()
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def close(self, status: str) -> None:
         self.writer.flush()
         self.writer.close()
 
 
-FLUSH_SECS = 10  # at most this long between an event and its appearance on disk (SummaryWriter's default: 120)
 _UID = itertools.count()
 
 
