@@ -72,8 +72,13 @@ def test_tensorboard_event_file_holds_every_kind(tmp_path):
     weights = acc.Histograms(next(t for t in tags["histograms"] if t.startswith("weights/")))[-1].histogram_value
     assert weights.num > 1 and sum(weights.bucket) == weights.num and weights.min <= weights.max  # every value counted once
     assert len(weights.bucket) == len(weights.bucket_limit) == 30 and weights.bucket_limit[-1] >= weights.max
-    ops = {node.op for node in acc.Graph().node}
-    assert {"aten::_convolution", "aten::linear"} <= ops, ops  # the traced CNN itself, not an empty graph
+    graph = {node.name: node for node in acc.Graph().node}
+    ops = {node.op for node in graph.values()}
+    assert {"Conv2d", "Linear", "IO Node"} <= ops, ops  # the traced CNN itself, one node per layer, not an empty graph
+    conv = next(node for name, node in graph.items() if node.op == "Conv2d")
+    assert conv.name.startswith("Sequential/Sequential[0]/Conv2d[")  # named by where the layer sits in the model
+    assert b"kernel_size" in conv.attr["attr"].s and len(conv.attr["_output_shapes"].list.shape[0].dim) == 4
+    assert all(i in graph for node in graph.values() for i in node.input)  # every edge joins two nodes
     picture = acc.Images("data/train_batch")[-1]
     from PIL import Image
 
@@ -395,6 +400,24 @@ def test_graph_tracing_failure_is_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="model graph not logged"):
         tracker.log_graph(Untraceable(), torch.zeros(1, 3))
     tracker.close("finished")
+
+
+def test_graph_of_a_model_fx_cannot_trace_comes_from_jit(tmp_path):
+    from trainyard.track.tensorboard import graph_def
+
+    class Branchy(torch.nn.Module):  # control flow on a tensor's value: torch.fx cannot trace it, torch.jit.trace can
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    with pytest.warns():  # the jit tracer's own warnings (the branch taken is recorded)
+        graph, _ = graph_def(Branchy(), torch.ones(2, 3))
+    assert "aten::linear" in {node.op for node in graph.node}
+    graph, _ = graph_def(torch.nn.Sequential(torch.nn.Linear(3, 2)), torch.ones(2, 3))
+    assert {node.op for node in graph.node} == {"IO Node", "Linear"}
 
 
 def test_best_is_a_link_that_later_saves_do_not_touch(tmp_path):
