@@ -84,6 +84,7 @@ def test_tensorboard_event_file_holds_every_kind(tmp_path):
 
     decoded = Image.open(io.BytesIO(picture.encoded_image_string))
     assert decoded.size == (picture.width, picture.height) and picture.width > 8
+    assert decoded.mode == "L"  # digits have one channel: so has their grid
     assert picture.encoded_image_string == (run / "media" / "data_train_batch.png").read_bytes()  # encoded once, both places
     hparams = acc.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(hparams)
@@ -400,6 +401,17 @@ def test_graph_tracing_failure_is_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="model graph not logged"):
         tracker.log_graph(Untraceable(), torch.zeros(1, 3))
     tracker.close("finished")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pictures_keep_the_images_channels(channels):
+    from trainyard.track.figures import image_grid, labelled_grid
+
+    x = torch.rand(5, channels, 6, 6)
+    grid, labelled = image_grid(x), labelled_grid(x, ["a"] * 5)
+    assert grid.shape[0] == labelled.shape[0] == channels
+    assert torch.equal(grid[:, 1:7, 1:7], x[0])  # the first image, inside its one-pixel frame
+    assert 0 <= labelled.min() and labelled.max() <= 1 and labelled.shape[1] > 6 * 8  # cells scaled up, titles below
 
 
 def test_graph_of_a_model_fx_cannot_trace_comes_from_jit(tmp_path):

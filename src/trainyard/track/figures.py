@@ -19,9 +19,11 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[flo
 
 
 def image_grid(x: torch.Tensor, mean=None, std=None, nrow: int = 8) -> torch.Tensor:
+    """The images side by side (CHW in [0, 1]); one channel stays one channel (a third of the PNG to encode)."""
     from torchvision.utils import make_grid
 
-    return make_grid(denormalize(x, mean, std), nrow=nrow, padding=1, pad_value=1.0)
+    grid = make_grid(denormalize(x, mean, std), nrow=nrow, padding=1, pad_value=1.0)
+    return grid[:1] if x.shape[1] == 1 else grid  # make_grid repeats a single channel three times
 
 
 def _pyplot():
@@ -34,7 +36,8 @@ def _pyplot():
 
 
 def labelled_grid(images: torch.Tensor, titles: Sequence[str], mean=None, std=None, cols: int = 8, cell: int = 64) -> torch.Tensor:
-    """One image per cell with its title underneath (e.g. ``pred 3 / true 8``), as a CHW float image in [0, 1].
+    """One image per cell with its title underneath (e.g. ``pred 3 / true 8``), as a CHW float image in [0, 1]:
+    one channel for one-channel images, else RGB.
 
     Drawn with PIL rather than matplotlib: a few milliseconds instead of a second, so the trainer can log it."""
     from PIL import Image, ImageDraw, ImageFont
@@ -47,20 +50,22 @@ def labelled_grid(images: torch.Tensor, titles: Sequence[str], mean=None, std=No
     cols = max(1, min(cols, n))
     rows = max(1, (n + cols - 1) // cols)
     width = max(cw, 6 * max((len(t) for t in titles), default=1)) + 4
-    canvas = Image.new("RGB", (cols * width, rows * (ch + band + 4)), "white")
+    gray = c == 1
+    canvas = Image.new("L" if gray else "RGB", (cols * width, rows * (ch + band + 4)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     # every cell as uint8 HWC at once, scaled up by repeating pixels (nearest neighbour)
-    rgb = images[:, :3] if c >= 3 else images[:, :1].expand(n, 3, h, w)
-    cells = (rgb * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    shown = images if gray else images[:, :3] if c >= 3 else images[:, :1].expand(n, 3, h, w)
+    cells = (shown * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     if scale > 1:
         cells = cells.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     cells = cells.contiguous().numpy()
     for i in range(n):
         x0, y0 = (i % cols) * width + (width - cw) // 2, (i // cols) * (ch + band + 4) + 2
-        canvas.paste(Image.fromarray(cells[i]), (x0, y0))
+        canvas.paste(Image.fromarray(cells[i, :, :, 0] if gray else cells[i]), (x0, y0))
         draw.text(((i % cols) * width + 2, y0 + ch + 1), titles[i], fill="black", font=font)
-    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
+    pixels = torch.from_numpy(np.asarray(canvas).copy())
+    return (pixels.unsqueeze(0) if gray else pixels.permute(2, 0, 1)).float() / 255
 
 
 def sample_titles(labels: Sequence[int] | torch.Tensor, classes: Sequence[str]) -> list[str]:
