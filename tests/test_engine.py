@@ -468,6 +468,27 @@ def test_running_totals_without_logits_hold_a_bounded_number_of_steps():
     assert totals.seen == 12 * NO_OUTPUT_FOLD and totals.loss_sum.item() == pytest.approx(0.5 * totals.seen)
 
 
+def test_running_totals_hold_too_few_steps_for_a_garbage_collection():
+    """Each held step is objects the cyclic garbage collector tracks; holding more than its youngest
+    generation's threshold made it collect in the middle of the loop, scanning them."""
+    import gc
+
+    from trainyard.engine.totals import RunningTotals
+
+    collections = []
+    callback = lambda phase, info: phase == "start" and collections.append(info["generation"])  # noqa: E731
+    totals = RunningTotals(torch.device("cpu"))  # small logits: the element bound alone would hold ~3000 steps
+    labels = torch.zeros(4, dtype=torch.long)
+    gc.collect()
+    gc.callbacks.append(callback)
+    try:
+        for _ in range(3000):  # what the loop keeps of each step: a fresh loss, labels and logits
+            totals.add(torch.tensor(0.5), labels.clone(), torch.zeros(4, 10))
+    finally:
+        gc.callbacks.remove(callback)
+    assert collections == [] and len(totals._held) < gc.get_threshold()[0] // 4
+
+
 @pytest.mark.parametrize("max_held", [1 << 22, 25])  # logits folded after the first step and at the end, or every step
 def test_running_totals_equal_per_step_sums(max_held):
     from trainyard.engine.totals import RunningTotals

@@ -7,17 +7,29 @@ the whole step down (their code and data evict the step's). Instead each step on
 its (detached) loss, logits and labels. The losses are summed in one batch at log steps (the total a log
 step reads); the logits once about ``max_held`` elements are kept, and at the epoch end. Keeping that
 bound small keeps their memory reused and in cache (an epoch's worth took fresh pages every step: about
-1% of the MLP's time), while each fold still covers a few hundred steps of a small model.
-Nothing is read to the host here, so the hot path stays free of syncs.
+1% of the MLP's time), while each fold still covers many steps of a small model. The number of steps
+held is bounded too, by the garbage collector: each held step is a few objects it tracks (a tuple and
+tensors that would otherwise be freed), and once more have piled up than its youngest generation's
+threshold it collects in the middle of the loop, scanning them (11 times a run in the MLP benchmark,
+about 0.5 ms each). Nothing is read to the host here, so the hot path stays free of syncs.
 """
 
 from __future__ import annotations
+
+import gc
 
 import torch
 
 # Fold the kept logits once about this many elements are held (512 KiB of float32).
 MAX_HELD = 1 << 17
 NO_OUTPUT_FOLD = 1024  # micro-batches between folds where this process holds no logits
+
+
+def steps_held_before_gc() -> int:
+    """Micro-batches to hold at most: well under the garbage collector's youngest-generation threshold
+    (700 allocations by default), counting ~4 tracked objects a step and room for the loop's own."""
+    threshold = gc.get_threshold()[0]
+    return max(1, threshold // 8) if threshold > 0 else NO_OUTPUT_FOLD
 
 
 class RunningTotals:
@@ -29,6 +41,7 @@ class RunningTotals:
         self._held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (loss, labels, logits)
         self._summed = 0  # how many of _held have their loss in loss_sum already
         self._fold_at = 1  # micro-batches held before the logits are folded: set from their size at each fold
+        self._max_steps = steps_held_before_gc()
 
     def add(self, loss: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None) -> None:
         """One micro-batch: its mean ``loss`` over ``len(labels)`` samples, and (when this process has them)
@@ -59,10 +72,10 @@ class RunningTotals:
         held, self._held, self._summed = self._held, [], 0
         outputs = [(logits, labels) for _, labels, logits in held if logits is not None]
         if not outputs:  # a pipeline stage before the last: only the references to drop, now and then
-            self._fold_at = NO_OUTPUT_FOLD
+            self._fold_at = min(NO_OUTPUT_FOLD, self._max_steps)
             return
         logits = torch.cat([o for o, _ in outputs]) if len(outputs) > 1 else outputs[0][0]
         labels = torch.cat([y for _, y in outputs]) if len(outputs) > 1 else outputs[0][1]
         # max(1).indices is argmax(1) (the first maximum on ties), several times faster on CPU for few classes
         self.correct.add_(logits.max(1).indices.eq_(labels.to(logits.device, non_blocking=True)).sum())
-        self._fold_at = max(1, self.max_held // max(o.numel() for o, _ in outputs))
+        self._fold_at = max(1, min(self.max_held // max(o.numel() for o, _ in outputs), self._max_steps))
