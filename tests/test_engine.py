@@ -444,17 +444,46 @@ def test_best_is_a_link_that_later_saves_do_not_touch(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
-def test_forward_backward_hands_back_no_graph(tmp_path):
-    """The loop keeps each step's loss and logits for a few hundred steps: with their graphs, a small CNN kept
-    ~0.27 MB a step after backward (and its steps slowed by up to a third)."""
+def test_totals_release_each_steps_graph_at_a_fold_and_record_none(tmp_path):
+    """forward_backward hands back its loss and logits attached to their spent graph (detaching each step
+    cost more than the step's own framework code); the totals hold them until a fold, then drop them, and
+    their sums never join a graph."""
+    import gc
+    import weakref
+
+    from trainyard.engine.totals import RunningTotals
     from trainyard.parallel import Strategy
 
+    class Payload:
+        pass
+
+    class Tag(torch.autograd.Function):  # something that lives exactly as long as the step's graph
+        @staticmethod
+        def forward(ctx, x, payload):
+            ctx.payload = payload
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad, None
+
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
-    loss, logits = Strategy(config(tmp_path)).forward_backward(
-        model, torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1]), torch.nn.CrossEntropyLoss(), contextlib.nullcontext, lambda loss: loss
-    )
-    assert loss.grad_fn is None and logits.grad_fn is None and not loss.requires_grad
-    assert all(p.grad is not None for p in model.parameters())  # and the backward did happen
+    strategy, totals = Strategy(config(tmp_path)), RunningTotals(torch.device("cpu"), max_held=1 << 30)
+    graphs = []
+    for _ in range(3):
+        payload = Payload()
+        graphs.append(weakref.ref(payload))
+        x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+        loss, logits = strategy.forward_backward(lambda x: model(Tag.apply(x.requires_grad_(), payload)), x, y, torch.nn.CrossEntropyLoss(), contextlib.nullcontext, lambda loss: loss)
+        totals.add(loss, y, logits)
+        del payload, loss, logits, x
+    gc.collect()
+    assert all(p.grad is not None for p in model.parameters())  # the backward did happen
+    assert graphs[0]() is None and graphs[1]() is not None  # the first add folds at once; the next steps are held
+    totals.fold()
+    gc.collect()
+    assert [g() for g in graphs] == [None, None, None]  # every step's graph went with the fold
+    assert not totals.loss_sum.requires_grad and totals.loss_sum.grad_fn is None and totals.correct.grad_fn is None
 
 
 def test_running_totals_without_logits_hold_a_bounded_number_of_steps():

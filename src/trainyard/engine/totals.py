@@ -4,8 +4,9 @@ Summing each step's loss and correct count as it comes costs five small kernels 
 sum, add). On a tiny model that is 5-6% of the step, more than the kernels' own time: measured in
 ``benchmarks/overhead.py``'s MLP, the reductions, run once a step between the model's own kernels, slow
 the whole step down (their code and data evict the step's). Instead each step only keeps references to
-its (detached) loss, logits and labels. The losses are summed in one batch at log steps (the total a log
-step reads); the logits once about ``max_held`` elements are kept, and at the epoch end. Keeping that
+its loss, logits and labels (still attached to their spent graph, see ``Strategy.forward_backward``: a
+fold drops them, and the graphs go with them). The losses are summed in one batch at log steps (the total
+a log step reads); the logits once about ``max_held`` elements are kept, and at the epoch end. Keeping that
 bound small keeps their memory reused and in cache (an epoch's worth took fresh pages every step: about
 1% of the MLP's time), while each fold still covers many steps of a small model. The number of steps
 held is bounded too, by the garbage collector: each held step is a few objects it tracks (a tuple and
@@ -51,6 +52,7 @@ class RunningTotals:
         if len(held) >= self._fold_at:
             self.fold()
 
+    @torch.no_grad()  # the kept tensors may be attached to a graph: the totals must not be
     def fold_losses(self) -> None:
         """Sum the kept losses into ``loss_sum`` and their samples into ``seen`` (stack, sum, add; no host sync)."""
         new = self._held[self._summed :]
@@ -65,6 +67,7 @@ class RunningTotals:
             for size in set(sizes):
                 self.loss_sum.add_(torch.stack([loss for (loss, _, _), s in zip(new, sizes) if s == size]).sum(), alpha=size)
 
+    @torch.no_grad()
     def fold(self) -> None:
         """Reduce everything kept into ``loss_sum``, ``seen`` and ``correct``: at the epoch end, and early
         once about ``max_held`` logit elements are kept."""

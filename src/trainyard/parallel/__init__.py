@@ -118,16 +118,19 @@ class Strategy:
         return contextlib.nullcontext()
 
     def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One micro-step: forward, loss, backward. Returns (detached loss, detached logits or None).
+        """One micro-step: forward, loss, backward. Returns (loss, logits or None), still attached to their graph.
 
-        Detached, not for the two microseconds: a kept, undetached loss keeps its graph, and backward does not
-        free everything a graph holds (a small CNN's graph kept ~0.27 MB after backward; held a few hundred
-        steps at a time, that slowed its steps by up to a third)."""
+        Not detached: ``detach()`` runs autograd code that nothing else in the step runs, from a cold cache, and
+        the graph's nodes were then freed one step at a time; in ``benchmarks/overhead.py``'s MLP that cost 1.3%
+        of the step time. After backward a graph holds no saved tensors, only its nodes (measured: ~14 KiB for
+        the small CNN, ~60 KiB resnet18, ~330 KiB vit_b_16, host memory), and the step loop's totals drop their
+        references every few dozen steps (see ``engine/totals.py``). What a custom ``autograd.Function`` stores
+        on ``ctx`` outside ``save_for_backward`` lives as long as that."""
         with autocast():
             logits = model(x)
             loss = loss_fn(logits, y if y.device == logits.device else y.to(logits.device, non_blocking=True))
         scale(loss).backward()
-        return loss.detach(), logits.detach()
+        return loss, logits
 
     def predict(self, model: nn.Module, x: Any) -> torch.Tensor | None:
         """Logits for evaluation (None on processes that hold no output)."""
