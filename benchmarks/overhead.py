@@ -12,6 +12,11 @@ through them), so two orders can differ by a few percent in throughput with no f
 trainyard runs with its default tracking on (metrics.jsonl and TensorBoard: scalars every 50 steps,
 histograms, graph, image grid, checkpoints every epoch).
 
+Both sides run with the host allocator as a trainyard run sets it up (``trainer.keep_host_memory``: glibc
+keeps freed memory instead of handing it back to the OS). The setting is process-wide, so it is made once
+before anything runs: without it, a run of either side can spend a quarter of its time faulting freed
+activations back in (millions of page faults an epoch in the CNN), a lottery that decided earlier CNN figures.
+
 Timed: from building the loaders to the end of the last epoch (Trainer(...) + fit() for trainyard);
 dataset loading and imports are outside the timing on both sides.
 
@@ -165,7 +170,11 @@ def main() -> None:
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
     parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=list(WORKLOADS))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}")
+    from trainyard.engine.hostmem import keep_freed_host_memory
+
+    kept = keep_freed_host_memory()  # process-wide: the raw loop runs with it too
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}, "
+          f"freed host memory {'kept (both sides)' if kept else 'returned to the OS (no glibc)'}")
     results = {}
     with tempfile.TemporaryDirectory() as root:
         for workload in args.workloads:

@@ -135,6 +135,7 @@ class TrainerConfig:
     patience: int = opt(0, "early stopping: epochs without improvement before stopping (0: off)", min=0)
     deterministic: bool = opt(False, "use deterministic algorithms only (slower, bitwise repeatable on GPU)")
     progress: Union[bool, Literal["auto"]] = opt("auto", "progress bar; auto: only when output is a terminal")
+    keep_host_memory: bool = opt(True, "keep freed host memory for reuse instead of returning it to the OS (glibc malloc): steps stop faulting their pages in again; the process keeps its peak")
 
 
 @dataclass

@@ -56,6 +56,10 @@ class Trainer:
         self.tracker = tracker if strategy.is_primary else None
         self.device = strategy.device
         t = cfg.trainer
+        if t.keep_host_memory:
+            from trainyard.engine.hostmem import keep_freed_host_memory
+
+            keep_freed_host_memory()  # process-wide, once
 
         self.model = strategy.wrap(model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
