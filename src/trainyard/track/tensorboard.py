@@ -159,8 +159,8 @@ def graph_def(model: nn.Module, example: Any):
 
     The fx graph has one node per layer (``Conv2d``, ``Linear``, ... with their settings) and per function
     between layers, named by where it sits in the model (``ResNet/Sequential[layer1]/BasicBlock[0]/Conv2d[conv1]``),
-    with each output's shape. It costs a fraction of a jit trace (a small MLP: 2 ms instead of 9; resnet18:
-    20 ms instead of 270), where most of the time goes to building a ScriptModule; and ``torch.jit.trace`` is
+    with each output's shape. It costs a fraction of a jit trace (a small MLP: 3 ms instead of 9; resnet18:
+    24 ms instead of 270), where most of the time goes to building a ScriptModule; and ``torch.jit.trace`` is
     deprecated. A model fx cannot trace (control flow on tensor values) still gets the jit graph."""
     from torch.utils.tensorboard._pytorch_graph import DeviceStepStats, GraphDef, RunMetadata, StepStats, VersionDef
 
