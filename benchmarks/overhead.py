@@ -22,7 +22,9 @@ dataset loading and imports are outside the timing on both sides.
 
     python benchmarks/overhead.py [--repeats 5] [--device cpu] [--precision 32]
 
-Ends with ``RESULT overhead_ratio_mlp`` and ``RESULT overhead_ratio_cnn`` (trainyard / raw throughput).
+Ends with ``RESULT overhead_ratio_mlp`` and ``RESULT overhead_ratio_cnn`` (trainyard / raw throughput), and where
+``lightning`` is installed, a third side (``run_lightning``, each run in a process of its own) and
+``RESULT lightning_ratio_*`` (Lightning / raw).
 """
 
 from __future__ import annotations
@@ -152,10 +154,82 @@ def run_raw(cfg) -> tuple[float, dict[str, torch.Tensor]]:
     return cfg.trainer.epochs * len(data.train) / (time.perf_counter() - start), model.state_dict()
 
 
+def lightning_available() -> bool:
+    """Whether lightning is installed, without importing it here: importing it slows every later step of this
+    process (measured: the raw MLP step 570 us -> 900 us, the optimizer step twice as long; not the GC, not
+    hooks, not threads), so Lightning runs in processes of its own (``run_lightning_process``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("lightning") is not None
+
+
+def run_lightning_process(workload: str, args, root: str, name: str) -> tuple[float, dict[str, torch.Tensor]]:
+    """``run_lightning`` in a fresh process: one unmeasured run, then the measured one. Returns its samples per
+    second and its final weights."""
+    import subprocess
+
+    weights = Path(root) / f"{name}-lightning-weights.pt"
+    out = subprocess.run(
+        [sys.executable, __file__, "--lightning-child", workload, name, root, str(weights), "--device", args.device, "--precision", args.precision],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return float(out.split("LIGHTNING_SAMPLES_PER_S")[-1].split()[0]), torch.load(weights, weights_only=True)
+
+
+def run_lightning(cfg, root: str) -> tuple[float, dict[str, torch.Tensor]]:
+    """The same training as a LightningModule under ``lightning.Trainer`` with its defaults on (TensorBoard logger,
+    ``self.log`` of the loss, every 50 steps to the logger; a checkpoint each epoch; model summary), progress bar
+    off as on the other sides. The sampler is trainyard's (Lightning calls its ``set_epoch``), so the order and the
+    final weights are the same. Timed like trainyard: from building the loader to the end of ``fit``."""
+    import logging
+
+    import lightning as L
+    from trainyard.data import build_data
+    from trainyard.data.loading import train_sampler
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    device = "gpu" if cfg.trainer.device == "cuda" else "cpu"
+    seed_everything(cfg.seed)
+    data = build_data(cfg)
+    model = build_model(cfg.model, data.info)
+    epochs = cfg.trainer.epochs
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.loss_fn = nn.CrossEntropyLoss()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = self.loss_fn(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.estimated_stepping_batches)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    precision = {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[cfg.trainer.precision]
+    with contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):
+        sync(torch.device(cfg.trainer.device if cfg.trainer.device == "cuda" else "cpu"))
+        start = time.perf_counter()
+        sampler = train_sampler(data.train, shuffle=True, seed=cfg.seed)
+        loader = torch.utils.data.DataLoader(data.train, batch_size=64, sampler=sampler, pin_memory=device == "gpu")
+        trainer = L.Trainer(max_epochs=epochs, accelerator=device, devices=1, precision=precision, enable_progress_bar=False,
+                            default_root_dir=str(Path(root) / f"{cfg.name}-lightning"))
+        trainer.fit(Module(), loader)
+        sync(torch.device(cfg.trainer.device if cfg.trainer.device == "cuda" else "cpu"))
+        elapsed = time.perf_counter() - start
+    return epochs * len(data.train) / elapsed, model.state_dict()
+
+
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str:
     """'identical', or the largest difference (expected on GPUs, where kernels need not be deterministic)."""
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    return "identical (raw and trainyard did the same computation)" if diff == 0 else f"differ by up to {diff:.3g}"
+    return "identical (the same computation as the raw loop)" if diff == 0 else f"differ by up to {diff:.3g}"
 
 
 def sync(device: torch.device) -> None:
@@ -169,31 +243,58 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
     parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=list(WORKLOADS))
+    parser.add_argument("--lightning-child", nargs=4, metavar=("WORKLOAD", "NAME", "ROOT", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lightning_child:
+        workload, name, root, weights = args.lightning_child
+        from trainyard.engine.hostmem import keep_freed_host_memory
+
+        keep_freed_host_memory()  # as in the parent: the same allocator for every side
+        for run in ("warm", "timed"):
+            sps, state = run_lightning(make_config(workload, root, args.device, args.precision, f"{name}-{run}"), root)
+        torch.save(state, weights)
+        print(f"LIGHTNING_SAMPLES_PER_S {sps}")
+        return
     from trainyard.engine.hostmem import keep_freed_host_memory
 
     kept = keep_freed_host_memory()  # process-wide: the raw loop runs with it too
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}, "
           f"freed host memory {'kept (both sides)' if kept else 'returned to the OS (no glibc)'}")
-    results = {}
+    lightning = lightning_available()
+    print(f"lightning: {'installed, a third column' if lightning else 'not installed, no column'}")
+    results, lightning_results = {}, {}
     with tempfile.TemporaryDirectory() as root:
         for workload in args.workloads:
+            def config(name: str):
+                return make_config(workload, root, args.device, args.precision, f"{workload}-{name}")
+
             # one unmeasured run of each side first (caches, allocator, lazy imports), which also checks
-            # that both sides did the same computation
-            _, raw_weights = run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-warm-raw"))
-            _, our_weights = run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-warm"))
+            # that the sides did the same computation
+            _, raw_weights = run_raw(config("warm-raw"))
+            _, our_weights = run_trainyard(config("warm"))
             print(f"{workload}: final weights {same_weights(raw_weights, our_weights)}")
-            raw, ours = [], []
-            for i in range(args.repeats):  # alternating, so drift hits both sides alike
-                raw.append(run_raw(make_config(workload, root, args.device, args.precision, f"{workload}-raw-{i}"))[0])
-                ours.append(run_trainyard(make_config(workload, root, args.device, args.precision, f"{workload}-{i}"))[0])
+            if lightning:
+                _, lightning_weights = run_lightning_process(workload, args, root, f"{workload}-lightning-check")
+                print(f"{workload}: lightning's final weights {same_weights(raw_weights, lightning_weights)}")
+            raw, ours, theirs = [], [], []
+            for i in range(args.repeats):  # alternating, so drift hits every side alike
+                raw.append(run_raw(config(f"raw-{i}"))[0])
+                ours.append(run_trainyard(config(str(i)))[0])
+                if lightning:
+                    theirs.append(run_lightning_process(workload, args, root, f"{workload}-lightning-{i}")[0])
             r, o = statistics.median(raw), statistics.median(ours)
             results[workload] = o / r
             pairs = statistics.median(b / a for a, b in zip(raw, ours))  # each run against the raw run just before it
             print(f"{workload}: raw {r:,.0f} samples/s  trainyard {o:,.0f} samples/s  ratio {o / r:.3f} (median of pairs {pairs:.3f})  "
                   f"(raw runs {', '.join(f'{v:,.0f}' for v in raw)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})")
+            if lightning:
+                t = statistics.median(theirs)
+                lightning_results[workload] = t / r
+                print(f"{workload}: lightning {t:,.0f} samples/s  ratio {t / r:.3f}  (runs {', '.join(f'{v:,.0f}' for v in theirs)})")
     for workload, ratio in results.items():
         print(f"RESULT overhead_ratio_{workload} {ratio:.3f}")
+    for workload, ratio in lightning_results.items():
+        print(f"RESULT lightning_ratio_{workload} {ratio:.3f}")
 
 
 if __name__ == "__main__":
