@@ -184,6 +184,7 @@ def run_lightning(cfg, root: str) -> tuple[float, dict[str, torch.Tensor]]:
     import logging
 
     import lightning as L
+
     from trainyard.data import build_data
     from trainyard.data.loading import train_sampler
 
@@ -265,7 +266,7 @@ def main() -> None:
     results, lightning_results = {}, {}
     with tempfile.TemporaryDirectory() as root:
         for workload in args.workloads:
-            def config(name: str):
+            def config(name: str, workload: str = workload):
                 return make_config(workload, root, args.device, args.precision, f"{workload}-{name}")
 
             # one unmeasured run of each side first (caches, allocator, lazy imports), which also checks
