@@ -517,14 +517,14 @@ def test_freed_host_memory_is_kept_for_the_next_step(tmp_path):
 
 
 def test_running_totals_without_logits_hold_a_bounded_number_of_steps():
-    from trainyard.engine.totals import NO_OUTPUT_FOLD, RunningTotals
+    from trainyard.engine.totals import RunningTotals, steps_held_before_gc
 
     totals = RunningTotals(torch.device("cpu"))  # a pipeline stage before the last: losses and labels, no logits
-    for _ in range(3 * NO_OUTPUT_FOLD):
+    for _ in range(3072):
         totals.add(torch.tensor(0.5), torch.zeros(4, dtype=torch.long), None)
-        assert len(totals._held) <= NO_OUTPUT_FOLD
+        assert len(totals._held) <= steps_held_before_gc()
     totals.fold()
-    assert totals.seen == 12 * NO_OUTPUT_FOLD and totals.loss_sum.item() == pytest.approx(0.5 * totals.seen)
+    assert totals.seen == 4 * 3072 and totals.loss_sum.item() == pytest.approx(0.5 * totals.seen)
 
 
 def test_running_totals_hold_too_few_steps_for_a_garbage_collection():

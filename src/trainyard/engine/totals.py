@@ -23,14 +23,14 @@ import torch
 
 # Fold the kept logits once about this many elements are held (512 KiB of float32).
 MAX_HELD = 1 << 17
-NO_OUTPUT_FOLD = 1024  # micro-batches between folds where this process holds no logits
+MAX_STEPS_GC_OFF = 1024  # micro-batches held at most where the garbage collector is off
 
 
 def steps_held_before_gc() -> int:
     """Micro-batches to hold at most: well under the garbage collector's youngest-generation threshold
     (700 allocations by default), counting ~4 tracked objects a step and room for the loop's own."""
     threshold = gc.get_threshold()[0]
-    return max(1, threshold // 8) if threshold > 0 else NO_OUTPUT_FOLD
+    return max(1, threshold // 8) if threshold > 0 else MAX_STEPS_GC_OFF
 
 
 class RunningTotals:
@@ -70,12 +70,12 @@ class RunningTotals:
     @torch.no_grad()
     def fold(self) -> None:
         """Reduce everything kept into ``loss_sum``, ``seen`` and ``correct``: at the epoch end, and early
-        once about ``max_held`` logit elements are kept."""
+        once about ``max_held`` logit elements or ``steps_held_before_gc()`` micro-batches are kept."""
         self.fold_losses()
         held, self._held, self._summed = self._held, [], 0
         outputs = [(logits, labels) for _, labels, logits in held if logits is not None]
         if not outputs:  # a pipeline stage before the last: only the references to drop, now and then
-            self._fold_at = min(NO_OUTPUT_FOLD, self._max_steps)
+            self._fold_at = self._max_steps
             return
         logits = torch.cat([o for o, _ in outputs]) if len(outputs) > 1 else outputs[0][0]
         labels = torch.cat([y for _, y in outputs]) if len(outputs) > 1 else outputs[0][1]

@@ -269,7 +269,7 @@ class Trainer:
         else:
             scale = scaler.scale if scaler.is_enabled() else (lambda loss: loss)
 
-        totals = RunningTotals(device)  # no per-step kernels: losses summed at log steps, logits every few hundred steps
+        totals = RunningTotals(device)  # no per-step kernels: losses summed at log steps, logits every few dozen steps
         add_totals = totals.add
         forward_backward = strategy.forward_backward
         scaler_enabled = scaler.is_enabled()

@@ -89,9 +89,7 @@ class Trackers(Tracker):
     def log_metrics(self, metrics, step, epoch):
         self._held.append((metrics, step, epoch))
         if time.monotonic() >= self._hand_on_at:
-            self._hand_on()
-            for t in self.trackers:
-                t.flush()
+            self.flush()  # hands the held points on, then each backend flushes
 
     def log_groups(self, groups, step):
         self._each("log_groups", groups, step)
