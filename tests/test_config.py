@@ -45,7 +45,6 @@ def test_resolved_yaml_round_trips(tmp_path):
         ("loader.batch_size=0", "loader.batch_size=0: must be >= 1"),
         ("loader.batch_size=abc", "loader.batch_size=abc: expected an integer"),
         ("trainer.epochs=2.5", "trainer.epochs=2.5: expected an integer"),
-        ("optim.name=adamm", "optim.name=adamm: allowed values are sgd, adam, adamw; did you mean adam?"),
         ("trainer.precision=16", "allowed values are 32, bf16, fp16"),
         ("loader.num_workers=-1", "loader.num_workers=-1: must be >= 0"),
         ("loader.num_workers=many", "expected an integer or 'auto'"),
@@ -59,6 +58,38 @@ def test_bad_values_raise_one_line(override, expected):
         load_config(None, [override])
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optim.name=adamm", "optim.name=adamm: unknown optimizer; built-ins: sgd, adam, adamw, any torch.optim class"),
+        ("optim.name=RMSpro", "did you mean RMSprop"),
+        ("schedule.name=OneCycle", "did you mean OneCycleLR"),
+        ("parallel.strategy=ddpp", "parallel.strategy=ddpp: unknown strategy; built-ins: single, dp, ddp, model, pipeline"),
+        ("task=regresion", "task.name=regresion: unknown task; built-ins: classification, binary, multilabel, regression"),
+        ("task.loss=MSEloss", "task.loss=MSEloss: unknown loss"),
+        ("task.metrics=[F1Scor]", "unknown metric 'F1Scor'"),
+        ("model.name=resnet19", "did you mean resnet18"),
+        ("data.dataset=digit", "did you mean digits"),
+        ("model.name=no_such_module_here:Net", "model.name=no_such_module_here:Net: cannot import no_such_module_here (ModuleNotFoundError"),
+        ("model.name=torch.nn:Linearr", "model.name=torch.nn:Linearr: torch.nn has no 'Linearr'; did you mean Linear"),
+        ("callbacks=[torch.nn:Linear]", "callbacks[0]=torch.nn:Linear: Linear has none of the hooks"),
+    ],
+)
+def test_bad_names_fail_before_anything_runs(override, expected):
+    """Names and import paths are resolved (the user's modules imported) when a run starts, before any process or file."""
+    from trainyard.engine.run import check_names
+
+    with pytest.raises(ConfigError) as err:
+        check_names(load_config(None, [override]))
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_section_shorthand_and_overrides_after_it():
+    cfg = load_config(None, ["task=regression", "task.loss=SmoothL1Loss", "optim=sgd"])
+    assert (cfg.task.name, cfg.task.loss, cfg.optim.name) == ("regression", "SmoothL1Loss", "sgd")
 
 
 def test_bad_yaml_file(tmp_path):

@@ -484,7 +484,7 @@ def test_totals_release_each_steps_graph_at_a_fold_and_record_none(tmp_path):
     totals.fold()
     gc.collect()
     assert [g() for g in graphs] == [None, None, None]  # every step's graph went with the fold
-    assert not totals.loss_sum.requires_grad and totals.loss_sum.grad_fn is None and totals.correct.grad_fn is None
+    assert not totals.loss_sum.requires_grad and totals.loss_sum.grad_fn is None and totals.stat_sum.grad_fn is None
 
 
 FAULTS_PER_STEP = """
@@ -573,6 +573,6 @@ def test_running_totals_equal_per_step_sums(max_held):
             totals.fold_losses()  # a log step in between: the loss total and samples are current
             assert totals.loss_sum.item() == pytest.approx(loss_sum, rel=1e-6) and totals.seen == seen
     totals.fold()
-    assert totals.seen == seen and int(totals.correct) == correct
+    assert totals.seen == seen and int(totals.stat_sum) == correct
     assert totals.loss_sum.item() == pytest.approx(loss_sum, rel=1e-6)
     assert not totals._held  # nothing held after a fold

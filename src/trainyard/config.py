@@ -38,7 +38,9 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = No
 class DataConfig:
     """Where the samples come from and how they are split and transformed."""
 
-    dataset: str = opt("digits", "digits (bundled with scikit-learn), mnist, fashion_mnist, cifar10, cifar100, image_folder, text")
+    dataset: str = opt("digits", "digits (bundled with scikit-learn), mnist, fashion_mnist, cifar10, cifar100, image_folder, text, "
+                       "or package.module:function returning a Dataset (split by val/test_fraction) or a dict of splits")
+    args: dict = opt(factory=dict, help="keyword arguments of an imported data.dataset function")
     root: str = opt("data", "folder holding (or receiving) the dataset files")
     download: Union[bool, Literal["auto"]] = opt("auto", "auto: download when missing; true: always try; false: never")
     val_fraction: float = opt(0.1, "share of the training split held out for validation when the dataset has none", min=0.0, lt=1.0)
@@ -66,7 +68,9 @@ class DataConfig:
 class ModelConfig:
     """The network. Built-ins: cnn, mlp; any torchvision.models name; text models."""
 
-    name: str = opt("cnn", "cnn, mlp, a torchvision.models name (resnet18, ...), embedding_bag, gru, lstm, transformer")
+    name: str = opt("cnn", "cnn, mlp, a torchvision.models name (resnet18, ...), embedding_bag, gru, lstm, transformer, "
+                    "or package.module:Class (any nn.Module class or function returning one)")
+    args: dict = opt(factory=dict, help="keyword arguments of an imported model.name; the data's facts (num_classes, in_channels, ...) are added where its signature names them")
     pretrained: bool = opt(False, "torchvision models: load locally cached pretrained weights")
     small_stem: Union[bool, Literal["auto"]] = opt("auto", "torchvision ResNets from scratch: 3x3 stride-1 stem, no max-pooling (auto: images <= 64 pixels; 16x the compute at 32x32)")
     width: int = opt(32, "cnn: channels of the first block (doubling per block); mlp: hidden units", min=1)
@@ -99,19 +103,22 @@ class LoaderConfig:
 class OptimConfig:
     """The optimizer."""
 
-    name: str = opt("adamw", "optimizer", choices=["sgd", "adam", "adamw"])
+    name: str = opt("adamw", "sgd, adam, adamw, any torch.optim class by its name (RMSprop, ...), or package.module:Class")
     lr: float = opt(3e-3, "learning rate", gt=0.0)
     weight_decay: float = opt(1e-4, "weight decay (decoupled for adamw)", min=0.0)
     momentum: float = opt(0.9, "sgd momentum", min=0.0, lt=1.0)
     nesterov: bool = opt(False, "sgd: Nesterov momentum")
     betas: list = opt(factory=lambda: [0.9, 0.999], help="adam/adamw betas")
+    args: dict = opt(factory=dict, help="more keyword arguments of the optimizer class (lr and weight_decay come from the keys above)")
 
 
 @dataclass
 class ScheduleConfig:
     """The learning-rate schedule, stepped once per optimizer step."""
 
-    name: str = opt("cosine", "learning-rate schedule", choices=["constant", "step", "cosine", "onecycle"])
+    name: str = opt("cosine", "constant, step, cosine, onecycle, any torch.optim.lr_scheduler class by its name (OneCycleLR, ReduceLROnPlateau, ...), or package.module:Class")
+    args: dict = opt(factory=dict, help="keyword arguments of a torch.optim.lr_scheduler class (total_steps, T_max, max_lr are filled in where left out)")
+    interval: str = opt("step", "a scheduler class steps every optimizer step or every epoch (ReduceLROnPlateau: every epoch, on trainer.monitor)", choices=["step", "epoch"])
     warmup_steps: int = opt(0, "linear warmup from 0 over this many optimizer steps (any schedule)", min=0)
     step_epochs: int = opt(10, "step: epochs between decays", min=1)
     gamma: float = opt(0.1, "step: decay factor", gt=0.0, max=1.0)
@@ -130,7 +137,7 @@ class TrainerConfig:
     clip_grad_norm: Union[float, None] = opt(None, "clip the gradient norm to this value (null: off)", gt=0.0)
     log_every: int = opt(50, "optimizer steps between logged training scalars (the only per-step host syncs)", min=1)
     histogram_every: int = opt(1, "epochs between weight/gradient histograms (0: off)", min=0)
-    monitor: str = opt("val/accuracy", "metric that picks best.pt and drives early stopping")
+    monitor: str = opt("auto", "metric that picks best.pt and drives early stopping; auto: the task's (val/accuracy for classification, val/loss for regression)")
     monitor_mode: str = opt("auto", "auto (min for losses, else max), min or max", choices=["auto", "min", "max"])
     patience: int = opt(0, "early stopping: epochs without improvement before stopping (0: off)", min=0)
     deterministic: bool = opt(False, "use deterministic algorithms only (slower, bitwise repeatable on GPU)")
@@ -164,7 +171,7 @@ class TrackConfig:
 class ParallelConfig:
     """How the run is spread over devices and processes."""
 
-    strategy: str = opt("single", "single, dp, ddp, model, pipeline", choices=["single", "dp", "ddp", "model", "pipeline"])
+    strategy: str = opt("single", "single, dp, ddp, model, pipeline, or package.module:Strategy")
     devices: Union[int, list, Literal["auto"]] = opt("auto", "a count, a list of device ids or names, or auto", min=1)
     backend: str = opt("auto", "process-group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo", choices=["auto", "nccl", "gloo"])
     timeout: int = opt(300, "seconds before a stuck collective fails the run", min=1)
@@ -176,11 +183,22 @@ class ParallelConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What the run learns: the loss, the metrics and the monitor come from the task unless given."""
+
+    name: str = opt("classification", "classification, binary, multilabel, regression, or package.module:Task")
+    loss: Union[str, None] = opt(None, "a torch.nn loss by name (MSELoss, SmoothL1Loss, BCEWithLogitsLoss, ...) or an import path; null: the task's")
+    loss_args: dict = opt(factory=dict, help="keyword arguments of task.loss")
+    metrics: Union[list, None] = opt(None, "torchmetrics names, or {Name: {arg: value}} (F1Score: {average: macro}); null: the task's")
+
+
+@dataclass
 class RunConfig:
     """One training run."""
 
     name: Union[str, None] = opt(None, "run folder name under track.root (null: a timestamp)")
     seed: int = opt(0, "seed for python, numpy and torch (each rank and worker derives its own)", min=0)
+    task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
     loader: LoaderConfig = field(default_factory=LoaderConfig, metadata={"help": "loader"})
@@ -189,6 +207,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "trainer"})
     track: TrackConfig = field(default_factory=TrackConfig, metadata={"help": "tracking"})
     parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata={"help": "parallel"})
+    callbacks: list = opt(factory=list, help="import paths (package.module:Class, or {path: {arg: value}}) of objects with hooks such as on_epoch_end(trainer, metrics)")
 
 
 # --------------------------------------------------------------------------------------
@@ -246,6 +265,9 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.get(part)
+        if isinstance(child, str):  # task=regression then task.loss=MSELoss: the shorthand is the section's name
+            child = {"name": child}
+            node[part] = child
         if not isinstance(child, dict):
             child = {}
             node[part] = child
@@ -298,6 +320,8 @@ def suggest(name: str, choices: typing.Iterable[str]) -> str:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "config"
+    if isinstance(raw, str) and "name" in {f.name for f in dataclasses.fields(cls)}:
+        raw = {"name": raw}  # task: regression, optim: sgd
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}={_show(raw)}: must be a mapping of keys")
     hints = typing.get_type_hints(cls)
@@ -316,7 +340,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         t = hints[name]
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(t):
-            kwargs[name] = _build(t, raw.get(name, {}) if raw.get(name) is not None else {}, key + ".")
+            kwargs[name] = _build(t, raw[name] if raw.get(name) is not None else {}, key + ".")
         elif name in raw:
             kwargs[name] = _check(key, raw[name], t, f.metadata)
     return cls(**kwargs)

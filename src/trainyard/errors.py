@@ -1,4 +1,10 @@
-"""Errors meant for people: each one prints as a single line and exits with code 2."""
+"""Errors meant for people: each one prints as a single line and exits with code 2. And
+:class:`Interrupted`, the stop a signal asks for."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
 
 
 class TrainyardError(Exception):
@@ -26,3 +32,17 @@ class DataError(TrainyardError):
 
 class CheckpointError(TrainyardError):
     """A checkpoint that cannot be loaded."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: the run saved last.pt and stopped (exit 128 + the signal's number)."""
+
+    def __init__(self, signum: int, run_dir: Path | str):
+        self.signum = signum
+        self.run_dir = Path(run_dir)
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: saved {self.run_dir / 'checkpoints' / 'last.pt'}; resume with: trainyard train --resume {self.run_dir}")
+        self.exit_code = 128 + signum
+
+    def __reduce__(self):  # rebuilt from its two arguments when it crosses a process boundary
+        return (Interrupted, (self.signum, str(self.run_dir)))

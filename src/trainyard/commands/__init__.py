@@ -43,7 +43,7 @@ def train(args: argparse.Namespace) -> int:
             print("trainyard: doctor found a FAIL; not training", file=sys.stderr)
             return 1
     from trainyard.engine.run import train as run_training  # torch loads only once the config is valid
-    from trainyard.engine.trainer import Interrupted
+    from trainyard.errors import Interrupted
 
     try:
         run_training(cfg, resume=args.resume)

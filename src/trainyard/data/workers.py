@@ -174,7 +174,7 @@ def _sync(device: torch.device) -> None:
 def _timed_pass(loader: Any, seconds: float, step: Callable | None, device: torch.device) -> tuple[float, float, float]:
     """Iterate (restarting at each epoch's end, as training does) for about ``seconds`` after the first batch.
     Returns (batches per second, share of time waiting for batches, seconds until the first batch)."""
-    from trainyard.engine.evaluate import move
+    from trainyard.devices import move
 
     start = time.perf_counter()
     it = iter(loader)
@@ -205,7 +205,7 @@ def _timed_pass(loader: Any, seconds: float, step: Callable | None, device: torc
 
 
 def _compute_time(step: Callable, x: Any, y: torch.Tensor, device: torch.device, seconds: float) -> float:
-    from trainyard.engine.evaluate import move
+    from trainyard.devices import move
 
     x, y = move(x, device), y.to(device)
     step(x, y)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import math
 import random
 from typing import Any, Callable
@@ -15,10 +14,10 @@ import torch
 from torch import nn
 
 from trainyard.config import RunConfig
+from trainyard.data.splits import base_and_indices, labels_of  # noqa: F401 - the checks read datasets below their views
 from trainyard.errors import TrainyardError
 
 SAMPLE_BATCHES = 8  # real batches loaded once and shared by the checks
-MAX_LABELS = 100_000  # labels read one by one beyond this are sampled
 
 
 class NotBuilt(Exception):
@@ -84,7 +83,7 @@ class Context:
     @property
     def model(self) -> nn.Module:
         """The model as the run builds it (same seed), on the CPU, never trained; checks train copies."""
-        from trainyard.engine.run import seed_everything
+        from trainyard.devices import seed_everything
         from trainyard.models import build_model
 
         def build():
@@ -124,7 +123,7 @@ class Context:
     @property
     def batches(self) -> list[tuple[Any, torch.Tensor]]:
         """The first few training batches, on the device."""
-        from trainyard.engine.evaluate import move
+        from trainyard.devices import move
 
         def build():
             self.seed()
@@ -167,37 +166,9 @@ class Context:
 
 def strategy_class(name: str) -> type | None:
     from trainyard.parallel import STRATEGIES
+    from trainyard.parallel import strategy_class as resolve
 
-    spec = STRATEGIES.get(name)
-    if spec is None:
-        return None
-    module, cls = spec.split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-# --- reading datasets below their transforms -----------------------------------------------
-def base_and_indices(dataset: Any) -> tuple[Any, list[int]]:
-    """Look through index views (TransformedSubset, torch Subset): the underlying dataset and the indices into it."""
-    indices: list[int] | None = None
-    while hasattr(dataset, "indices") and (hasattr(dataset, "base") or hasattr(dataset, "dataset")):
-        own = list(dataset.indices)
-        indices = own if indices is None else [own[i] for i in indices]
-        dataset = dataset.base if hasattr(dataset, "base") else dataset.dataset
-    return dataset, list(range(len(dataset))) if indices is None else indices
-
-
-def labels_of(dataset: Any, known: Any = None) -> tuple[torch.Tensor, bool]:
-    if known is not None:
-        return torch.as_tensor(known), False
-    base, indices = base_and_indices(dataset)
-    for attr in ("labels", "targets"):
-        table = getattr(base, attr, None)
-        if table is not None and not callable(table) and len(table) == len(base):
-            return torch.as_tensor(table)[indices], False
-    sampled = len(indices) > MAX_LABELS
-    if sampled:
-        indices = random.Random(0).sample(indices, MAX_LABELS)
-    return torch.as_tensor([base[j][1] for j in indices]), sampled
+    return resolve(name) if name in STRATEGIES else None
 
 
 def content_key(base: Any, j: int) -> bytes:

@@ -94,7 +94,7 @@ def inputs(ctx: Context) -> Finding:
 def loader(ctx: Context) -> Finding:
     """7. Data time against compute time per step; num_workers against the CPUs; pin_memory without CUDA."""
     from trainyard.data.workers import cpu_count, resolve_auto
-    from trainyard.engine.evaluate import move
+    from trainyard.devices import move
     from trainyard.engine.optim import build_optimizer
 
     cfg, device = ctx.cfg, ctx.device

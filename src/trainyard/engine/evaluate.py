@@ -1,81 +1,78 @@
-"""Evaluation: loss and accuracy through torchmetrics (reduced across ranks), and what the trackers show."""
+"""Evaluation: the task's loss and metrics through torchmetrics (reduced across ranks at compute()), and
+what the test split collects for pictures."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torchmetrics
 from torch import nn
-from torch.utils.data import DataLoader
 
+from trainyard.devices import move
 from trainyard.parallel import Strategy
+from trainyard.tasks import Task, output_logits
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    confusion: torch.Tensor | None = None
-    wrong_images: list[torch.Tensor] = field(default_factory=list)
-    wrong_titles: list[str] = field(default_factory=list)
-
-
-def move(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move(v, device) for v in batch)
-    return batch
+    collector: Any = None  # what the task collected for pictures (confusion matrix, predictions), reduced
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Any,
     strategy: Strategy,
     *,
     prefix: str,
-    num_classes: int,
-    loss_fn: Callable,
+    task: Task,
     autocast: Callable[[], AbstractContextManager],
-    confusion: bool = False,
-    classes: list[str] | None = None,
-    keep_wrong: int = 0,
+    collector: Any = None,
 ) -> EvalResult:
-    """Every sample of ``loader`` counts once (each rank sees its own shard); metrics are synced at compute()."""
+    """Every sample of ``loader`` counts once (each rank sees its own shard); metrics are synced at compute().
+    ``collector`` (from ``task.collector``) sees every batch and is reduced over ranks at the end (collective)."""
     device = strategy.device
     loss_metric = torchmetrics.MeanMetric().to(device)
-    acc_metric = torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro").to(device)
-    cm_metric = torchmetrics.classification.MulticlassConfusionMatrix(num_classes=num_classes).to(device) if confusion else None
-    wrong_images: list[torch.Tensor] = []
-    wrong_titles: list[str] = []
+    metrics = task.build_metrics(device)
+    criterion = task.criterion
     was_training = model.training
     model.eval()
     try:
         for x, y in loader:
             x = move(x, device)
             with autocast():
-                logits = strategy.predict(model, x)
-            if logits is None:  # a pipeline stage that holds no output
+                out = strategy.predict(model, x)
+            if out is None:  # a pipeline stage that holds no output
                 continue
-            y = y.to(logits.device, non_blocking=True)
-            logits = logits.float()
-            loss_metric.update(loss_fn(logits, y), weight=len(y))
-            preds = logits.max(1).indices  # = argmax(1), faster on CPU
-            acc_metric.update(preds, y)
-            if cm_metric is not None:
-                cm_metric.update(preds, y)
-            if keep_wrong and len(wrong_images) < keep_wrong and isinstance(x, torch.Tensor) and x.dim() == 4:
-                for i in torch.nonzero(preds != y).flatten().tolist()[: keep_wrong - len(wrong_images)]:
-                    wrong_images.append(x[i].cpu())
-                    p, t = int(preds[i]), int(y[i])
-                    names = classes or [str(c) for c in range(num_classes)]
-                    wrong_titles.append(f"pred {names[p]} / true {names[t]}")
+            logits = output_logits(out)
+            y = y.to((logits if logits is not None else loss_metric.mean_value).device, non_blocking=True)
+            if logits is not None:
+                logits = logits.float()
+            # a plain tensor is the logits (in float32 for the loss); anything else may hold the model's own loss
+            loss_metric.update(criterion(logits if out.__class__ is torch.Tensor else out, y).float(), weight=len(y))
+            if logits is not None:
+                if metrics:
+                    preds, target = task.metric_inputs(logits, y)
+                    for metric in metrics.values():
+                        metric.update(preds, target)
+                if collector is not None:
+                    collector.update(x, logits, y)
     finally:
         model.train(was_training)
-    metrics = {f"{prefix}/loss": float(loss_metric.compute()), f"{prefix}/accuracy": float(acc_metric.compute())}
-    return EvalResult(metrics, cm_metric.compute().cpu() if cm_metric is not None else None, wrong_images, wrong_titles)
+    values = {f"{prefix}/loss": float(loss_metric.compute())}
+    for name, metric in metrics.items():
+        value = metric.compute()
+        if isinstance(value, torch.Tensor) and value.numel() > 1:  # average="none": one value per class
+            for i, v in enumerate(value.flatten().tolist()):
+                values[f"{prefix}/{name}/{i}"] = float(v)
+        elif isinstance(value, dict):
+            values.update({f"{prefix}/{name}/{k}": float(v) for k, v in value.items()})
+        else:
+            values[f"{prefix}/{name}"] = float(value)
+    if collector is not None:
+        collector.reduce(strategy)
+    return EvalResult(values, collector)

@@ -2,23 +2,60 @@
 
 from __future__ import annotations
 
-import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 from trainyard.config import RunConfig, to_yaml
+from trainyard.devices import seed_everything  # noqa: F401 - re-exported: the doctor and benchmarks seed like a run
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+@dataclass
+class UserParts:
+    """What the Python API hands a run as objects instead of config names. Under ``ddp`` and ``pipeline``
+    each process gets a pickled copy."""
+
+    model: Any = None
+    datasets: dict | None = None  # {"train": ..., "val": ..., "test": ...}
+    task: Any = None
+    loss: Any = None
+    metrics: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    callbacks: list = field(default_factory=list)
 
 
-def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, float]:
+def check_names(cfg: RunConfig, parts: UserParts | None = None) -> None:
+    """Resolve every name and import path of the config (importing the user's modules) before anything runs:
+    a typo is one line here, not a traceback in a spawned process."""
+    from trainyard.data import DATASETS, PYTHON
+    from trainyard.engine.callbacks import build_callbacks
+    from trainyard.engine.optim import optimizer_factory, schedule_factory
+    from trainyard.models import MODELS
+    from trainyard.parallel import strategy_class
+    from trainyard.tasks import build_loss, parse_metrics, task_class
+
+    parts = parts or UserParts()
+    strategy_class(cfg.parallel.strategy)
+    if parts.task is None:
+        task_class(cfg.task.name)
+    if parts.loss is None and cfg.task.loss is not None:
+        build_loss(cfg.task.loss, cfg.task.loss_args)
+    if parts.metrics is None:
+        parse_metrics(cfg.task.metrics)
+    optimizer_factory(cfg.optim, parts.optimizer)
+    schedule_factory(cfg.schedule, parts.scheduler)
+    build_callbacks(cfg.callbacks, parts.callbacks)
+    if parts.model is None:
+        MODELS.get(cfg.model.name)
+    if parts.datasets is None and cfg.data.dataset != PYTHON:
+        DATASETS.get(cfg.data.dataset)
+
+
+def train(cfg: RunConfig, resume: str | Path | None = None, parts: UserParts | None = None) -> dict[str, float]:
     """Train one run (in every process the strategy launches); returns the primary's final metrics."""
     from trainyard.data.loading import check_loader_config
     from trainyard.parallel import build_strategy
@@ -26,8 +63,9 @@ def train(cfg: RunConfig, resume: str | Path | None = None) -> dict[str, float]:
 
     check_backends(cfg.track.backends)
     check_loader_config(cfg.loader)
+    check_names(cfg, parts)
     strategy = build_strategy(cfg)
-    return strategy.launch(run_process, cfg, str(resume) if resume is not None else None)
+    return strategy.launch(run_process, cfg, str(resume) if resume is not None else None, parts)
 
 
 def batch_text(cfg: RunConfig, strategy) -> str:
@@ -37,12 +75,14 @@ def batch_text(cfg: RunConfig, strategy) -> str:
     return f"loader.batch_size {b} per device, global batch {b * world * accumulate}" + (f" = {' x '.join(parts)}" if len(parts) > 1 else "")
 
 
-def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float]:
+def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts | None = None) -> dict[str, float]:
     """The body of one training process."""
     from trainyard.data import build_data
     from trainyard.engine.checkpoint import load_checkpoint
-    from trainyard.engine.trainer import Interrupted, Trainer
+    from trainyard.engine.trainer import Trainer
+    from trainyard.errors import Interrupted
     from trainyard.models import build_model
+    from trainyard.tasks import build_task
     from trainyard.track import build_trackers
     from trainyard.track.rundir import environment, new_run_dir, write_status
 
@@ -56,8 +96,11 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        data = build_data(cfg, run_dir=Path(resume) if resume is not None else None)
-        model = build_model(cfg.model, data.info)
+        parts = parts or UserParts()
+        data = build_data(cfg, run_dir=Path(resume) if resume is not None else None, datasets=parts.datasets)
+        task = build_task(cfg, data.info, loss=parts.loss, metrics=parts.metrics, task=parts.task)
+        data.info.num_outputs = task.num_outputs()  # the head the model must have
+        model = parts.model if parts.model is not None else build_model(cfg.model, data.info)
 
         state = None
         if resume is None:
@@ -77,7 +120,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
         if strategy.is_primary:
             tracker = build_trackers(cfg, run_dir, resume_step=state["step"] if state else None)
             write_status(run_dir, status="running", started=started, name=run_dir.name, environment=environment(), strategy=strategy.describe())
-        trainer = Trainer(cfg, strategy, data, model, run_dir, tracker)
+        trainer = Trainer(cfg, strategy, data, model, run_dir, tracker, task=task, callbacks=parts.callbacks, optimizer=parts.optimizer, scheduler=parts.scheduler)
         if state is not None:
             trainer.load_state(state)
         if strategy.is_primary:
@@ -87,8 +130,10 @@ def run_process(strategy, cfg: RunConfig, resume: str | None) -> dict[str, float
         status = "finished"
         if strategy.is_primary:
             write_status(run_dir, final=final, best=trainer.best, monitor=trainer.monitor)
-            if "test/accuracy" in final:
-                print(f"test accuracy {final['test/accuracy']:.4f} (best {trainer.monitor} checkpoint)")
+            tested = {k.removeprefix("test/"): v for k, v in final.items() if k.startswith("test/") and k.count("/") == 1}
+            if tested:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in tested.items() if k != "loss") or f"loss {tested['loss']:.4f}"
+                print(f"test {shown} (best {trainer.monitor} checkpoint)")
             print(f"run folder: {run_dir}")
             if "tensorboard" in cfg.track.backends:
                 print(f"open TensorBoard: tensorboard --logdir {run_dir}", flush=True)

@@ -1,4 +1,7 @@
-"""Running training totals (loss x samples, correct predictions, samples) with no per-step kernels.
+"""Running training totals (loss x samples, the task's statistic, samples) with no per-step kernels.
+
+The statistic is the task's (``Task.train_stat``): correct predictions for classification, absolute error
+for regression, each with the count it is a share of.
 
 Summing each step's loss and correct count as it comes costs five small kernels a step (add, argmax, eq,
 sum, add). On a tiny model that is 5-6% of the step, more than the kernels' own time: measured in
@@ -21,6 +24,8 @@ import gc
 
 import torch
 
+from trainyard.tasks import output_logits
+
 # Fold the kept logits once about this many elements are held (512 KiB of float32).
 MAX_HELD = 1 << 17
 MAX_STEPS_GC_OFF = 1024  # micro-batches held at most where the garbage collector is off
@@ -33,20 +38,27 @@ def steps_held_before_gc() -> int:
     return max(1, threshold // 8) if threshold > 0 else MAX_STEPS_GC_OFF
 
 
+def _count_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    # max(1).indices is argmax(1) (the first maximum on ties), several times faster on CPU for few classes
+    return logits.max(1).indices.eq_(labels.to(logits.device, non_blocking=True)).sum(), len(labels)
+
+
 class RunningTotals:
-    def __init__(self, device: torch.device, max_held: int = MAX_HELD):
+    def __init__(self, device: torch.device, max_held: int = MAX_HELD, stat=_count_correct, stat_dtype: torch.dtype = torch.long):
         self.loss_sum = torch.zeros((), device=device)  # sum over samples of the per-sample mean loss
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.stat_sum = torch.zeros((), device=device, dtype=stat_dtype)  # e.g. correct predictions
+        self.stat_count = 0  # what stat_sum is a share of (samples, or target elements)
         self.seen = 0  # samples whose losses are in loss_sum
         self.max_held = max_held
-        self._held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (loss, labels, logits)
+        self.stat = stat
+        self._held: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []  # (loss, labels, outputs)
         self._summed = 0  # how many of _held have their loss in loss_sum already
         self._fold_at = 1  # micro-batches held before the logits are folded: set from their size at each fold
         self._max_steps = steps_held_before_gc()
 
-    def add(self, loss: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None) -> None:
+    def add(self, loss: torch.Tensor, labels: torch.Tensor, logits) -> None:
         """One micro-batch: its mean ``loss`` over ``len(labels)`` samples, and (when this process has them)
-        its logits. Only a reference is kept: this runs every step, so it does as little as it can."""
+        its outputs. Only a reference is kept: this runs every step, so it does as little as it can."""
         held = self._held
         held.append((loss, labels, logits))
         if len(held) >= self._fold_at:
@@ -62,23 +74,29 @@ class RunningTotals:
         sizes = [labels.shape[0] for _, labels, _ in new]
         self.seen += sum(sizes)
         if len(set(sizes)) == 1:  # the usual case: one batch size
-            self.loss_sum.add_(torch.stack([loss for loss, _, _ in new]).sum(), alpha=sizes[0])
+            self.loss_sum.add_(torch.stack([loss.float() for loss, _, _ in new]).sum(), alpha=sizes[0])
         else:  # a short last batch, or length-bucketed batches: one sum per batch size
             for size in set(sizes):
-                self.loss_sum.add_(torch.stack([loss for (loss, _, _), s in zip(new, sizes) if s == size]).sum(), alpha=size)
+                self.loss_sum.add_(torch.stack([loss.float() for (loss, _, _), s in zip(new, sizes) if s == size]).sum(), alpha=size)
 
     @torch.no_grad()
     def fold(self) -> None:
-        """Reduce everything kept into ``loss_sum``, ``seen`` and ``correct``: at the epoch end, and early
-        once about ``max_held`` logit elements or ``steps_held_before_gc()`` micro-batches are kept."""
+        """Reduce everything kept into ``loss_sum``, ``seen`` and the statistic: at the epoch end, and early
+        once about ``max_held`` output elements or ``steps_held_before_gc()`` micro-batches are kept."""
         self.fold_losses()
         held, self._held, self._summed = self._held, [], 0
-        outputs = [(logits, labels) for _, labels, logits in held if logits is not None]
-        if not outputs:  # a pipeline stage before the last: only the references to drop, now and then
+        outputs = []
+        for _, labels, out in held:
+            if out is not None and out.__class__ is not torch.Tensor:
+                out = output_logits(out)  # a dict or an object from a model that computes its own loss
+            if out is not None:
+                outputs.append((out, labels))
+        if not outputs or self.stat is None:  # a pipeline stage before the last: only the references to drop, now and then
             self._fold_at = self._max_steps
             return
         logits = torch.cat([o for o, _ in outputs]) if len(outputs) > 1 else outputs[0][0]
         labels = torch.cat([y for _, y in outputs]) if len(outputs) > 1 else outputs[0][1]
-        # max(1).indices is argmax(1) (the first maximum on ties), several times faster on CPU for few classes
-        self.correct.add_(logits.max(1).indices.eq_(labels.to(logits.device, non_blocking=True)).sum())
+        total, count = self.stat(logits, labels)
+        self.stat_sum.add_(total)
+        self.stat_count += count
         self._fold_at = max(1, min(self.max_held // max(o.numel() for o, _ in outputs), self._max_steps))

@@ -1,7 +1,8 @@
 """The step loop: train, validate each epoch, checkpoint, stop early, test with the best weights.
 
-The hot path makes no host-device sync: the loss and correct-count accumulate on the device and are
-read (``.item()``) only every ``trainer.log_every`` optimizer steps and at epoch ends.
+The task gives the loss, the metrics and the monitor; callbacks (built-in and the user's) do everything
+else a run logs. The hot path makes no host-device sync: the loss and the task's statistic accumulate on
+the device and are read (``.item()``) only every ``trainer.log_every`` optimizer steps and at epoch ends.
 """
 
 from __future__ import annotations
@@ -21,34 +22,36 @@ from torch import nn
 from trainyard.config import RunConfig, flat_items, to_dict
 from trainyard.data import DataBundle
 from trainyard.data.loading import build_loader
+from trainyard.devices import move
+from trainyard.engine.callbacks import Callbacks, build_callbacks
 from trainyard.engine.checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from trainyard.engine.evaluate import EvalResult, evaluate, move
-from trainyard.engine.optim import build_optimizer, build_scheduler, steps_per_epoch
+from trainyard.engine.evaluate import EvalResult, evaluate
+from trainyard.engine.optim import build_optimizer, build_scheduler, is_per_epoch, steps_per_epoch
 from trainyard.engine.totals import RunningTotals
-from trainyard.errors import ConfigError
+from trainyard.errors import ConfigError, Interrupted  # noqa: F401 - Interrupted re-exported for callers of the trainer
 from trainyard.parallel import Strategy
+from trainyard.registry import hint
+from trainyard.tasks import Task, build_task
 from trainyard.track import Tracker
 
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM: the run saved last.pt and stopped."""
-
-    def __init__(self, signum: int, run_dir: Path):
-        self.signum = signum
-        self.run_dir = run_dir
-        name = signal.Signals(signum).name
-        super().__init__(f"{name}: saved {run_dir / 'checkpoints' / 'last.pt'}; resume with: trainyard train --resume {run_dir}")
-        self.exit_code = 128 + signum
+LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "perplexity")
 
 
-def monitor_mode(metric: str, mode: str) -> str:
+def monitor_mode(metric: str, mode: str, task: Task | None = None) -> str:
     if mode != "auto":
         return mode
-    return "min" if "loss" in metric else "max"
+    if task is not None and metric == task.monitor:
+        return task.monitor_mode
+    leaf = metric.rsplit("/", 1)[-1]
+    return "min" if any(word in leaf for word in LOWER_IS_BETTER) else "max"
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, strategy: Strategy, data: DataBundle, model: nn.Module, run_dir: Path, tracker: Tracker | None):
+    """``task``, ``callbacks``, ``optimizer`` and ``scheduler`` may come from Python as objects (a Task, callback
+    objects, an optimizer class or ``params -> Optimizer`` factory, a scheduler class or factory); otherwise the config names them."""
+
+    def __init__(self, cfg: RunConfig, strategy: Strategy, data: DataBundle, model: nn.Module, run_dir: Path, tracker: Tracker | None,
+                 *, task: Task | None = None, callbacks: list | None = None, optimizer: Any = None, scheduler: Any = None):
         self.cfg = cfg
         self.strategy = strategy
         self.data = data
@@ -61,9 +64,11 @@ class Trainer:
 
             keep_freed_host_memory()  # process-wide, once
 
+        self.task = task if task is not None else build_task(cfg, data.info)
+        self.callbacks = Callbacks(build_callbacks(cfg.callbacks, callbacks))
         self.model = strategy.wrap(model)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.optimizer = build_optimizer(self.model, cfg.optim, optimizer)
+        self.loss_fn = self.task.criterion
 
         self.loader_cfg = self._resolve_workers()
         self.train_sampler = strategy.train_sampler(data.train, shuffle=cfg.loader.shuffle, seed=cfg.seed)
@@ -88,7 +93,11 @@ class Trainer:
         total = t.epochs * self.steps_per_epoch
         if t.max_steps is not None:
             total = min(total, t.max_steps)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, total_steps=total, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.optim.lr)
+        self.monitor = self._resolve_monitor()
+        self.mode = monitor_mode(self.monitor, t.monitor_mode, self.task)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, total_steps=total, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.optim.lr,
+                                         epochs=t.epochs, mode=self.mode, factory=scheduler)
+        self.schedule_per_epoch = is_per_epoch(cfg.schedule, self.scheduler)
 
         if t.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(f"trainer.precision=fp16: needs a CUDA device (training on {self.device.type}); use bf16 or 32")
@@ -97,8 +106,6 @@ class Trainer:
         self.autocast: Callable[[], Any] = (lambda: torch.autocast(device_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(device_type, enabled=t.precision == "fp16")
 
-        self.monitor = t.monitor if self.val_loader is not None or not t.monitor.startswith("val/") else "train/loss"
-        self.mode = monitor_mode(self.monitor, t.monitor_mode)
         self.best: float | None = None
         self.bad_epochs = 0
         self.epoch = 0
@@ -106,8 +113,28 @@ class Trainer:
         self.batch_in_epoch = 0
         self._stop_signal: int | None = None
         self._first_batch_logged = False
-        self._warned_data_bound = False
         self.history: list[dict[str, float]] = []
+
+    @property
+    def is_primary(self) -> bool:
+        return self.strategy.is_primary
+
+    def metric_names(self) -> list[str]:
+        """Every metric an epoch reports (what trainer.monitor may name)."""
+        names = ["train/loss"] + ([f"train/{self.task.train_metric}"] if self.task.train_metric else [])
+        if self.val_loader is not None:
+            names += [f"val/{n}" for n in self.task.metric_names()]
+        return names
+
+    def _resolve_monitor(self) -> str:
+        t = self.cfg.trainer
+        monitor = self.task.monitor if t.monitor == "auto" else t.monitor
+        if self.val_loader is None and monitor.startswith("val/"):
+            return "train/loss"  # no validation split: the training loss picks best.pt
+        known = self.metric_names()
+        if monitor not in known and not any(monitor.startswith(k + "/") for k in known):  # val/f1/3: one class of average=none
+            raise ConfigError(f"trainer.monitor={t.monitor}: not a metric this run reports; it reports {', '.join(known)}{hint(monitor, known)}")
+        return monitor
 
     def _eval_loader(self, dataset):
         if dataset is None or len(dataset) == 0:
@@ -124,25 +151,11 @@ class Trainer:
             print(f"trainyard: loader.num_workers=auto -> {workers}: {source}", flush=True)
         return dataclasses.replace(self.cfg.loader, num_workers=workers)
 
-    def _warn_if_data_bound(self, fraction: float) -> None:
-        """Once per run, on the primary: most of the step time went to waiting for batches."""
-        from trainyard.data.workers import DATA_BOUND
-
-        if self._warned_data_bound or fraction <= DATA_BOUND or not self.strategy.is_primary:
-            return
-        self._warned_data_bound = True
-        lc = self.loader_cfg
-        pin = ", loader.pin_memory=true" if self.device.type == "cuda" and lc.pin_memory is False else ""
-        print(
-            f"trainyard: warning: data-bound: {fraction:.0%} of epoch {self.epoch + 1} went to waiting for batches "
-            f"(loader.num_workers={lc.num_workers}); fix: `trainyard tune-workers RUN.yaml --write`{pin}, or a lighter data.train_transforms",
-            file=sys.stderr, flush=True,
-        )
-
     # --- checkpoints -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Collective: every rank calls it (a strategy may gather shards); only the primary's copy is complete."""
-        return {
+        """Collective: every rank calls it (a strategy may gather shards); only the primary's copy is complete.
+        Callbacks' ``on_checkpoint_save`` may add entries of their own."""
+        state = {
             "model": self.strategy.model_state_dict(self.model),
             "optimizer": self.strategy.optimizer_state_dict(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
@@ -156,6 +169,8 @@ class Trainer:
             "rng": rng_state(),
             "config": to_dict(self.cfg),
         }
+        self.callbacks.call("on_checkpoint_save", self, state)
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.strategy.load_model_state_dict(self.model, state["model"])
@@ -166,6 +181,7 @@ class Trainer:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
         set_rng_state(state["rng"])
         self._first_batch_logged = True
+        self.callbacks.call("on_checkpoint_load", self, state)
 
     def save(self, name: str, *, also: str | None = None) -> None:
         """Collective: every rank calls it, the primary writes ``name`` (and ``also``, the same state, as a link)."""
@@ -200,8 +216,10 @@ class Trainer:
         t = self.cfg.trainer
         primary = self.strategy.is_primary
         with self._signals():
+            self.callbacks.call("on_run_start", self)
             while self.epoch < t.epochs and not self._done_steps():
                 start = time.perf_counter()
+                self.callbacks.call("on_epoch_start", self, self.epoch)
                 train_metrics = self.train_epoch()
                 stop = self._stop_agreed()
                 if stop and self.batch_in_epoch < len(self.train_loader):
@@ -210,11 +228,15 @@ class Trainer:
                 metrics = dict(train_metrics)
                 if self.val_loader is not None:
                     metrics.update(self._evaluate(self.val_loader, "val").metrics)
+                    self.callbacks.call("on_validation_end", self, metrics)
                 metrics["time/epoch_s"] = time.perf_counter() - start
                 improved = self._update_best(metrics)
+                if self.schedule_per_epoch:
+                    self._step_schedule_per_epoch(metrics)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.history.append(metrics)
+                self.callbacks.call("on_epoch_end", self, metrics)
                 if primary:
                     self._log_epoch(metrics)
                 self.save("last.pt", also="best.pt" if improved else None)
@@ -225,6 +247,16 @@ class Trainer:
                 if stop:
                     raise Interrupted(self._stop_signal, self.run_dir)
         return self.finish()
+
+    def _step_schedule_per_epoch(self, metrics: dict[str, float]) -> None:
+        from trainyard.engine.optim import PLATEAU
+
+        if isinstance(self.scheduler, PLATEAU):
+            value = metrics.get(self.monitor)
+            if value is not None and math.isfinite(value):
+                self.scheduler.step(value)
+        else:
+            self.scheduler.step()
 
     def _stop_agreed(self) -> bool:
         """Whether a stop signal arrived, agreed by every rank: a signal can reach ranks at different steps,
@@ -269,8 +301,12 @@ class Trainer:
         else:
             scale = scaler.scale if scaler.is_enabled() else (lambda loss: loss)
 
-        totals = RunningTotals(device)  # no per-step kernels: losses summed at log steps, logits every few dozen steps
+        task = self.task
+        # no per-step kernels: losses summed at log steps, the task's statistic over the outputs every few dozen steps
+        totals = RunningTotals(device, stat=task.train_stat if task.train_metric else None, stat_dtype=task.stat_dtype)
         add_totals = totals.add
+        step_hooks = self.callbacks.step_end
+        per_step_schedule = not self.schedule_per_epoch
         forward_backward = strategy.forward_backward
         scaler_enabled = scaler.is_enabled()
         total_batches = len(self.train_loader)
@@ -299,7 +335,8 @@ class Trainer:
             y = y.to(device, non_blocking=True)
             if log_first:
                 log_first = False
-                self._log_first_batch(x, y)
+                self._first_batch_logged = True
+                self.callbacks.call("on_first_batch", self, x, y)
             if micro == 0:
                 # Cleared before the step rather than after it, so the last step's gradients stay for the histograms.
                 optimizer.zero_grad(set_to_none=True)
@@ -322,9 +359,13 @@ class Trainer:
                     scaler.update()
                 else:
                     optimizer.step()
-                scheduler.step()
+                if per_step_schedule:
+                    scheduler.step()
                 step += 1
                 self.step, self.batch_in_epoch = step, batch_index
+                if step_hooks:
+                    for hook in step_hooks:
+                        hook(self, step, loss)
                 if step % log_every == 0:
                     self._log_train(totals, wait, log_state, progress)  # sync point: .item() every log_every steps
                 if step >= last_step:
@@ -340,13 +381,13 @@ class Trainer:
             progress.close()
 
         totals.fold()
-        reduced = strategy.all_reduce_sum(torch.stack([totals.loss_sum.float(), totals.correct.float(), torch.tensor(float(totals.seen), device=device)]))
-        loss_total, correct_total, seen_total = reduced.tolist()  # sync point: once per epoch
+        counts = torch.tensor([float(totals.seen), float(totals.stat_count)], device=device)
+        reduced = strategy.all_reduce_sum(torch.cat([torch.stack([totals.loss_sum.float(), totals.stat_sum.float()]), counts]))
+        loss_total, stat_total, seen_total, stat_count = reduced.tolist()  # sync point: once per epoch
         metrics = {"train/loss": loss_total / max(seen_total, 1), "lr": optimizer.param_groups[0]["lr"]}
-        if correct_total or seen_total:
-            metrics["train/accuracy"] = correct_total / max(seen_total, 1)
+        if task.train_metric and stat_count:
+            metrics[f"train/{task.train_metric}"] = stat_total / stat_count
         metrics["perf/data_wait_fraction"] = min(wait / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
-        self._warn_if_data_bound(metrics["perf/data_wait_fraction"])
         return metrics
 
     def _progress(self, total: int):
@@ -379,45 +420,19 @@ class Trainer:
         if progress is not None:
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}", samples_s=f"{metrics['perf/samples_per_s']:.0f}", refresh=False)
 
-    def _log_first_batch(self, x: Any, y: Any = None) -> None:
-        self._first_batch_logged = True
-        if self.tracker is None:
-            return
-        info = self.data.info
-        plain = self.strategy.unwrap(self.model)
-        self.tracker.watch(plain)
-        if self.cfg.track.graph:
-            was_training = plain.training
-            plain.eval()
-            self.tracker.log_graph(plain, x[:2] if isinstance(x, torch.Tensor) else x)
-            plain.train(was_training)
-        if self.cfg.track.images and isinstance(x, torch.Tensor) and x.dim() == 4:
-            from trainyard.track.figures import image_grid
-
-            self.tracker.log_image("data/train_batch", image_grid(x[:64], info.mean, info.std), self.step)
-            if isinstance(y, torch.Tensor) and y.dim() == 1:  # the same labelled grid `trainyard preview` writes
-                from trainyard.track.figures import samples_figure
-
-                self.tracker.log_image("data/train_samples", samples_figure(x[:32], y[:32], info.classes, info.mean, info.std), self.step)
-
-    def _evaluate(self, loader, prefix: str, **kwargs: Any) -> EvalResult:
-        return evaluate(
-            self.model, loader, self.strategy, prefix=prefix, num_classes=self.data.info.num_classes,
-            loss_fn=self.loss_fn, autocast=self.autocast, classes=self.data.info.classes, **kwargs,
-        )
+    def _evaluate(self, loader, prefix: str, collector: Any = None) -> EvalResult:
+        return evaluate(self.model, loader, self.strategy, prefix=prefix, task=self.task, autocast=self.autocast, collector=collector)
 
     def _log_epoch(self, metrics: dict[str, float]) -> None:
         t = self.cfg.trainer
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, self.step, self.epoch - 1)
             groups = {}
-            for name in ("loss", "accuracy"):
+            for name in ["loss"] + ([self.task.train_metric] if self.task.train_metric else []):
                 group = {split: metrics[f"{split}/{name}"] for split in ("train", "val") if f"{split}/{name}" in metrics}
                 if group:
                     groups[f"epoch/{name}"] = group
             self.tracker.log_groups(groups, self.epoch)
-            if t.histogram_every and self.epoch % t.histogram_every == 0:
-                self.tracker.log_histograms(self.strategy.unwrap(self.model), self.step)
             self.tracker.flush()  # once an epoch, whatever the clocks say: a long validation leaves nothing unwritten
         parts = [f"epoch {self.epoch}/{t.epochs}"]
         parts += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train/", "val/"))]
@@ -433,20 +448,15 @@ class Trainer:
         if self.test_loader is not None:
             if best_path.exists():
                 self.strategy.load_model_state_dict(self.model, load_checkpoint(best_path)["model"])
-            info = self.data.info
-            want_pictures = primary and self.cfg.track.images and self.tracker is not None
-            result = self._evaluate(self.test_loader, "test", confusion=True, keep_wrong=32 if want_pictures else 0)
+            # the same on every rank (the collector's reduction is collective); only the primary keeps images
+            collect = self.cfg.track.images and self.task.figures
+            collector = self.task.collector(32 if primary and self.tracker is not None else 0) if collect else None
+            result = self._evaluate(self.test_loader, "test", collector)
             final.update(result.metrics)
             if self.tracker is not None:
                 self.tracker.log_metrics(result.metrics, self.step, self.epoch)
-                if want_pictures:
-                    from trainyard.track.figures import confusion_figure, labelled_grid
-
-                    if result.confusion is not None:
-                        self.tracker.log_figure("test/confusion_matrix", confusion_figure(result.confusion, info.classes), self.step)
-                    if result.wrong_images:
-                        images = torch.stack(result.wrong_images)
-                        self.tracker.log_image("test/misclassified", labelled_grid(images, result.wrong_titles, info.mean, info.std), self.step)
+                if collector is not None:
+                    collector.log(self.tracker, self.step)
         if self.best is not None:
             final[f"best/{self.monitor}"] = self.best
         if self.tracker is not None:
@@ -454,6 +464,7 @@ class Trainer:
             if self.best is not None and f"best/{self.monitor}" in hparam_metrics:
                 self.tracker.log_metrics({f"best/{self.monitor}": self.best}, self.step, self.epoch)
             self.tracker.log_hparams(hparams_of(self.cfg), hparam_metrics)
+        self.callbacks.call("on_run_end", self, final)
         return final
 
 

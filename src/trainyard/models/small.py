@@ -30,21 +30,24 @@ def cnn(cfg: ModelConfig, info: DataInfo) -> nn.Sequential:
     head = [nn.AdaptiveAvgPool2d(pooled), nn.Flatten()]
     if cfg.dropout:
         head.append(nn.Dropout(cfg.dropout))
-    head.append(nn.Linear(channels * pooled * pooled, info.num_classes))
+    head.append(nn.Linear(channels * pooled * pooled, info.outputs))
     layers.append(nn.Sequential(*head))
     return nn.Sequential(*layers)
 
 
 def mlp(cfg: ModelConfig, info: DataInfo) -> nn.Sequential:
-    """Flatten, ``depth`` hidden layers of ``width`` units with ReLU, a linear classifier."""
-    if info.kind != "image" or info.in_channels is None or info.image_size is None:
-        raise ConfigError(f"model.name=mlp: needs fixed-size inputs, data.dataset gives {info.kind}")
-    features = info.in_channels * math.prod(info.image_size)
+    """Flatten (images or feature vectors), ``depth`` hidden layers of ``width`` units with ReLU, a linear classifier."""
+    if info.in_features is not None:
+        features = info.in_features
+    elif info.kind == "image" and info.in_channels is not None and info.image_size is not None:
+        features = info.in_channels * math.prod(info.image_size)
+    else:
+        raise ConfigError(f"model.name=mlp: needs fixed-size inputs (images or feature vectors), data.dataset gives {info.kind}")
     layers: list[nn.Module] = [nn.Flatten()]
     for _ in range(cfg.depth):
         layers += [nn.Linear(features, cfg.width), nn.ReLU(inplace=True)]
         if cfg.dropout:
             layers.append(nn.Dropout(cfg.dropout))
         features = cfg.width
-    layers.append(nn.Linear(features, info.num_classes))
+    layers.append(nn.Linear(features, info.outputs))
     return nn.Sequential(*layers)

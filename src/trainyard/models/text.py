@@ -147,12 +147,12 @@ def _with_vectors(model: nn.Module, embedding: nn.Module, cfg: ModelConfig, info
 
 
 def embedding_bag(cfg: ModelConfig, info: DataInfo) -> nn.Module:
-    model = EmbeddingBagClassifier(_text_info(cfg, info), cfg.embed_dim, info.num_classes, info.pad_id, cfg.dropout)
+    model = EmbeddingBagClassifier(_text_info(cfg, info), cfg.embed_dim, info.outputs, info.pad_id, cfg.dropout)
     return _with_vectors(model, model.embed, cfg, info)
 
 
 def _recurrent(kind: str, cfg: ModelConfig, info: DataInfo) -> nn.Module:
-    model = RecurrentClassifier(kind, _text_info(cfg, info), cfg.embed_dim, cfg.width, cfg.depth, info.num_classes, info.pad_id, cfg.bidirectional, cfg.dropout)
+    model = RecurrentClassifier(kind, _text_info(cfg, info), cfg.embed_dim, cfg.width, cfg.depth, info.outputs, info.pad_id, cfg.bidirectional, cfg.dropout)
     return _with_vectors(model, model.embed, cfg, info)
 
 
@@ -169,5 +169,5 @@ def transformer(cfg: ModelConfig, info: DataInfo) -> nn.Module:
     if cfg.embed_dim % cfg.heads:
         raise ConfigError(f"model.embed_dim={cfg.embed_dim}: must be a multiple of model.heads={cfg.heads}")
     max_length = int(info.extra.get("max_length", 512))
-    model = TransformerClassifier(vocab_size, cfg.embed_dim, cfg.heads, cfg.width, cfg.depth, max_length, info.num_classes, info.pad_id, cfg.dropout)
+    model = TransformerClassifier(vocab_size, cfg.embed_dim, cfg.heads, cfg.width, cfg.depth, max_length, info.outputs, info.pad_id, cfg.dropout)
     return _with_vectors(model, model.embed, cfg, info)

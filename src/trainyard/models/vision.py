@@ -1,6 +1,6 @@
 """Any ``torchvision.models`` classification model by name, adapted to the data.
 
-- Class count: the classifier is built (or, with pretrained weights, replaced) for ``info.num_classes``.
+- Class count: the classifier is built (or, with pretrained weights, replaced) for ``info.outputs``.
 - Input channels: the first convolution is rebuilt for ``info.in_channels``; pretrained RGB filters are
   summed (1 channel) or repeated and rescaled (more channels), as timm does.
 - Small images (<= 64 pixels, ``model.small_stem: auto``): ResNet-family stems without pretrained weights use
@@ -57,10 +57,10 @@ def torchvision_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
                 "and copy the file there, or set model.pretrained=false"
             )
         model = models.get_model(name, weights=weights, progress=False)
-        _replace_classifier(model, name, len(weights.meta["categories"]), info.num_classes)
+        _replace_classifier(model, name, len(weights.meta["categories"]), info.outputs)
     else:
         kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-        model = models.get_model(name, weights=None, num_classes=info.num_classes, **kwargs)
+        model = models.get_model(name, weights=None, num_classes=info.outputs, **kwargs)
         small = min(info.image_size) <= SMALL_IMAGE if cfg.small_stem == "auto" else cfg.small_stem
         if small and name.startswith(RESNET_FAMILY):
             _small_image_stem(model)
@@ -141,5 +141,5 @@ def _check_runs(model: nn.Module, name: str, info: DataInfo) -> None:
         ) from None
     finally:
         model.train(was_training)
-    if out.shape[-1] != info.num_classes:
-        raise ConfigError(f"model.name={name}: gives {out.shape[-1]} outputs, the data has {info.num_classes} classes")
+    if out.shape[-1] != info.outputs:
+        raise ConfigError(f"model.name={name}: gives {out.shape[-1]} outputs, the data has {info.outputs} classes")

@@ -6,7 +6,6 @@ The step loop only calls the methods below; it never asks which strategy it runs
 from __future__ import annotations
 
 import contextlib
-import importlib
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -14,15 +13,15 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from trainyard.config import RunConfig
+from trainyard.errors import ConfigError
+from trainyard.registry import Registry
 
-# strategy name -> "module:class"
-STRATEGIES: dict[str, str] = {
-    "single": "trainyard.parallel.single:SingleDevice",
-    "dp": "trainyard.parallel.dp:DataParallelStrategy",
-    "ddp": "trainyard.parallel.ddp:DistributedDataParallel",
-    "model": "trainyard.parallel.model:ModelParallel",
-    "pipeline": "trainyard.parallel.pipeline:PipelineParallel",
-}
+STRATEGIES = Registry("strategy", "parallel.strategy")
+STRATEGIES.register("single", "trainyard.parallel.single:SingleDevice", "one process, one device")
+STRATEGIES.register("dp", "trainyard.parallel.dp:DataParallelStrategy", "nn.DataParallel over the GPUs of one process")
+STRATEGIES.register("ddp", "trainyard.parallel.ddp:DistributedDataParallel", "one process per device, gradients all-reduced")
+STRATEGIES.register("model", "trainyard.parallel.model:ModelParallel", "one process, the model's blocks on several devices")
+STRATEGIES.register("pipeline", "trainyard.parallel.pipeline:PipelineParallel", "one process per stage, micro-batches in flight")
 
 
 class Strategy:
@@ -118,7 +117,7 @@ class Strategy:
         return contextlib.nullcontext()
 
     def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One micro-step: forward, loss, backward. Returns (loss, logits or None), still attached to their graph.
+        """One micro-step: forward, loss, backward. Returns (loss, the model's output or None), still attached to their graph.
 
         Not detached: ``detach()`` runs autograd code that nothing else in the step runs, from a cold cache, and
         the graph's nodes were then freed one step at a time; in ``benchmarks/overhead.py``'s MLP that cost 1.3%
@@ -127,10 +126,10 @@ class Strategy:
         references every few dozen steps (see ``engine/totals.py``). What a custom ``autograd.Function`` stores
         on ``ctx`` outside ``save_for_backward`` lives as long as that."""
         with autocast():
-            logits = model(x)
-            loss = loss_fn(logits, y if y.device == logits.device else y.to(logits.device, non_blocking=True))
+            out = model(x)
+            loss = loss_fn(out, y)
         scale(loss).backward()
-        return loss, logits
+        return loss, out
 
     def predict(self, model: nn.Module, x: Any) -> torch.Tensor | None:
         """Logits for evaluation (None on processes that hold no output)."""
@@ -151,6 +150,12 @@ class Strategy:
         return f"{self.name} on {self.device}"
 
 
+def strategy_class(name: str) -> type:
+    cls = STRATEGIES.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"parallel.strategy={name}: {getattr(cls, '__name__', type(cls).__name__)} is not a trainyard.parallel.Strategy subclass")
+    return cls
+
+
 def build_strategy(cfg: RunConfig) -> Strategy:
-    module, cls = STRATEGIES[cfg.parallel.strategy].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return strategy_class(cfg.parallel.strategy)(cfg)

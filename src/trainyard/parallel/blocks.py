@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from trainyard.errors import ConfigError
-from trainyard.parallel.launch import resolve_device
+from trainyard.devices import resolve_device
 
 NamedBlocks = list[tuple[str, nn.Module]]
 

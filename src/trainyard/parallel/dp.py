@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from trainyard.parallel import Strategy
-from trainyard.parallel.launch import cuda_device_ids, resolve_device, uses_cuda
+from trainyard.devices import resolve_device
+from trainyard.parallel.launch import cuda_device_ids, uses_cuda
 
 
 class DataParallelStrategy(Strategy):

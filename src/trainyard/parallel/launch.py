@@ -15,29 +15,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from trainyard.errors import ConfigError, TrainyardError
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto``: cuda, then mps, then cpu. Otherwise the named device, checked to exist."""
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device={spec}: not a device; allowed: auto, cpu, cuda, cuda:N, mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={spec}: CUDA is not available on this machine; use auto or cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"trainer.device={spec}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"trainer.device={spec}: MPS is not available on this machine; use auto or cpu")
-    return device
+from trainyard.devices import resolve_device  # noqa: F401 - re-exported: strategies import it from here
+from trainyard.errors import ConfigError, Interrupted, TrainyardError
 
 
 def free_port() -> int:
@@ -248,8 +227,6 @@ def _failure_error(failure: BaseException, reports: dict[int, RankReport], nproc
     failed = sorted((r for r in reports.values() if not r.ok), key=lambda r: r.failed_at)
     interrupted = [r for r in failed if r.interrupted]
     if interrupted and len(interrupted) == len(failed):
-        from trainyard.engine.trainer import Interrupted
-
         return Interrupted(interrupted[0].interrupted["signum"], Path(interrupted[0].interrupted["run_dir"]))
     index = getattr(failure, "error_index", None)
     if index is not None and index not in reports and getattr(failure, "signal_name", None):

@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
+from trainyard.devices import move
 from trainyard.parallel import Strategy
 from trainyard.parallel.blocks import BlockChain, Split, plan_split, stage_devices
 
@@ -45,12 +46,13 @@ class ModelParallel(Strategy):
         return BlockChain(split.blocks, devices)
 
     def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]):
-        loss, logits = super().forward_backward(model, x, y, loss_fn, autocast, scale)
+        # the output comes off the last stage's device: the targets meet it there
+        loss, out = super().forward_backward(model, x, y.to(self.split.devices[-1], non_blocking=True), loss_fn, autocast, scale)
         # back to the first stage's device, where the step loop accumulates (a small copy, no host sync)
-        return loss.to(self.device, non_blocking=True), logits.to(self.device, non_blocking=True)
+        return loss.to(self.device, non_blocking=True), move(out, self.device)
 
-    def predict(self, model: nn.Module, x: Any) -> torch.Tensor:
-        return model(x).to(self.device, non_blocking=True)
+    def predict(self, model: nn.Module, x: Any) -> Any:
+        return move(model(x), self.device)
 
     def describe(self) -> str:
         if self.split is None:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainyard.errors import ConfigError, TrainyardError
+from trainyard.errors import ConfigError, Interrupted, TrainyardError
 from trainyard.parallel import Strategy
 from trainyard.parallel.blocks import BlockChain, Split, bubble_fraction, plan_split, stage_devices
 from trainyard.parallel.launch import free_port
@@ -104,8 +104,6 @@ class PipelineParallel(Strategy):
 
             raise getattr(errors, cls, TrainyardError)(message)
         if kind == "interrupted":
-            from trainyard.engine.trainer import Interrupted
-
             raise Interrupted(*rest)
         raise RuntimeError(f"pipeline: unexpected report from a stage: {kind}")
 
@@ -285,8 +283,6 @@ def _no_inplace_input(module: nn.Module) -> None:
 
 def _stage_main(stage: int, strategy: PipelineParallel, fn: Callable[..., Any], args: tuple, queue) -> None:
     """The body of stage process ``stage``: run ``fn``, report the primary's result or a user-facing error."""
-    from trainyard.engine.trainer import Interrupted
-
     os.environ.update(RANK=str(stage), LOCAL_RANK=str(stage), WORLD_SIZE=str(strategy.num_stages))
     if "OMP_NUM_THREADS" not in os.environ:  # the stages share this machine's cores fairly
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -6,7 +6,7 @@ import os
 
 from trainyard.errors import ConfigError
 from trainyard.parallel import Strategy
-from trainyard.parallel.launch import resolve_device
+from trainyard.devices import resolve_device
 
 
 class SingleDevice(Strategy):

@@ -103,3 +103,18 @@ def confusion_figure(matrix: torch.Tensor, classes: Sequence[str]):
     ax.set_title("confusion matrix (test)")
     fig.tight_layout()
     return fig
+
+
+def predictions_figure(predicted: torch.Tensor, true: torch.Tensor, name: str = "target"):
+    """Predicted against true values (regression, test split), with the diagonal a perfect model lies on."""
+    plt = _pyplot()
+    p, t = predicted.detach().float().cpu().flatten().numpy(), true.detach().float().cpu().flatten().numpy()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(t, p, s=8, alpha=0.6, edgecolors="none")
+    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1, linestyle="--")
+    ax.set_xlabel(f"true {name}")
+    ax.set_ylabel(f"predicted {name}")
+    ax.set_title(f"predicted against true (test, {len(t)} values)")
+    fig.tight_layout()
+    return fig

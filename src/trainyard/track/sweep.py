@@ -181,7 +181,7 @@ class Sweep:
     def run(self, log=print) -> bool:
         """Run every trial not yet done, in order. True when all are done; False when interrupted."""
         from trainyard.engine.run import train
-        from trainyard.engine.trainer import Interrupted
+        from trainyard.errors import Interrupted
         from trainyard.track.rundir import read_status
 
         total = len(self.trials)
