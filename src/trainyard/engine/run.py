@@ -26,6 +26,7 @@ class UserParts:
     optimizer: Any = None
     scheduler: Any = None
     callbacks: list = field(default_factory=list)
+    collate_fn: Any = None  # the loader's collate for the datasets given (loader.collate still overrides)
 
 
 def check_names(cfg: RunConfig, parts: UserParts | None = None) -> None:
@@ -98,6 +99,8 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
         seed_everything(cfg.seed)  # the same initial weights on every rank
         parts = parts or UserParts()
         data = build_data(cfg, run_dir=Path(resume) if resume is not None else None, datasets=parts.datasets)
+        if parts.collate_fn is not None:
+            data.collate_fn = parts.collate_fn
         task = build_task(cfg, data.info, loss=parts.loss, metrics=parts.metrics, task=parts.task)
         data.info.num_outputs = task.num_outputs()  # the head the model must have
         model = parts.model if parts.model is not None else build_model(cfg.model, data.info)

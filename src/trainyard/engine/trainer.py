@@ -168,6 +168,7 @@ class Trainer:
             "monitor": self.monitor,
             "rng": rng_state(),
             "config": to_dict(self.cfg),
+            "data_info": info_record(self.data.info),  # what trainyard.load() rebuilds the model from
         }
         self.callbacks.call("on_checkpoint_save", self, state)
         return state
@@ -466,6 +467,12 @@ class Trainer:
             self.tracker.log_hparams(hparams_of(self.cfg), hparam_metrics)
         self.callbacks.call("on_run_end", self, final)
         return final
+
+
+def info_record(info: Any) -> dict[str, Any]:
+    """The data's facts a model constructor may take, as plain values a weights-only checkpoint holds."""
+    keep = ("kind", "num_classes", "classes", "in_channels", "image_size", "mean", "std", "vocab_size", "pad_id", "in_features", "target_shape", "num_outputs")
+    return {k: getattr(info, k) for k in keep}
 
 
 def hparams_of(cfg: RunConfig) -> dict[str, Any]:

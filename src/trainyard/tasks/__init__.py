@@ -113,10 +113,18 @@ def build_loss(spec: Any, args: dict | None, key: str = "task.loss") -> Callable
     return obj
 
 
+# the usual short names, so val/mae lines up with train/mae
+SHORT_NAMES = {"MeanAbsoluteError": "mae", "MeanSquaredError": "mse", "R2Score": "r2", "MeanAbsolutePercentageError": "mape",
+               "MulticlassAccuracy": "accuracy", "BinaryAccuracy": "accuracy", "MultilabelAccuracy": "accuracy", "AUROC": "auroc"}
+
+
 def metric_name(cls_name: str, args: dict) -> str:
-    """``F1Score`` -> ``f1_score``; with ``average: macro`` -> ``f1_score_macro``; ``top_k: 5`` -> ``..._top5``."""
-    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls_name).lower()
-    name = name.replace("f1_score", "f1")
+    """``F1Score`` -> ``f1``; with ``average: macro`` -> ``f1_macro``; ``Accuracy`` with ``top_k: 5`` -> ``accuracy_top5``;
+    ``MeanAbsoluteError`` -> ``mae``; other classes in snake case."""
+    name = SHORT_NAMES.get(cls_name) or re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls_name).lower()
+    name = re.sub(r"^(binary_|multiclass_|multilabel_)", "", name).replace("f1_score", "f1")
+    if cls_name == "MeanSquaredError" and args.get("squared") is False:
+        name = "rmse"
     if args.get("top_k") not in (None, 1):
         name += f"_top{args['top_k']}"
     if "average" in args:

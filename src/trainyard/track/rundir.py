@@ -15,6 +15,16 @@ from trainyard.config import RunConfig, to_yaml
 from trainyard.errors import ConfigError, TrainyardError
 
 
+def fresh_name(root: Path | str) -> str:
+    """A timestamp no folder under ``root`` has yet (``20261201-221235``, then ``-2``, ``-3``...)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name, n = stamp, 1
+    while (Path(root) / name).exists():
+        n += 1
+        name = f"{stamp}-{n}"
+    return name
+
+
 def new_run_dir(cfg: RunConfig) -> Path:
     root = Path(cfg.track.root)
     if cfg.name is not None:
@@ -24,11 +34,7 @@ def new_run_dir(cfg: RunConfig) -> Path:
         if path.exists():
             raise TrainyardError(f"run folder {path} already exists; pick another name=..., or continue it with --resume {path}")
     else:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path, n = root / stamp, 1
-        while path.exists():
-            n += 1
-            path = root / f"{stamp}-{n}"
+        path = root / fresh_name(root)
     try:
         (path / "checkpoints").mkdir(parents=True)
     except OSError as exc:
