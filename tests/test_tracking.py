@@ -85,7 +85,7 @@ def test_sweep_validates_every_trial_before_training(tmp_path, capsys):
 
 
 def test_random_sweep_samples_distinct_trials_reproducibly():
-    from trainyard.track.sweep import parse_sweep_args, plan_trials
+    from trainyard.runs.sweep import parse_sweep_args, plan_trials
 
     fixed, axes = parse_sweep_args(["trainer.epochs=1", "optim.lr=0.1,0.01,0.001", "loader.batch_size=16,32,64", "track.backends=[tensorboard,wandb]"])
     assert fixed == ["trainer.epochs=1", "track.backends=[tensorboard,wandb]"]

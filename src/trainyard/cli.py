@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="overlaid learning curves of several runs as a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--metric", default="val/accuracy")
+    p.add_argument("--metric", default=None, help="the metric to overlay (default: the runs' trainer.monitor, e.g. val/accuracy or val/loss)")
     p.add_argument("--out", default="curves.png")
     p.set_defaults(handler="trainyard.commands.tracking:compare")
 

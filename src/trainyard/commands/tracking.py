@@ -11,7 +11,7 @@ from trainyard.errors import ConfigError
 
 
 def runs(args: argparse.Namespace) -> int:
-    from trainyard.track.runs import find_runs, format_table, load_run, runs_table
+    from trainyard.runs.table import find_runs, format_table, load_run, runs_table
 
     root = Path(args.root or "runs")
     found = [load_run(p, root) for p in find_runs(root)]
@@ -24,14 +24,18 @@ def runs(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from trainyard.track.report import compare_curves
-    from trainyard.track.runs import load_run, resolve_run
+    from trainyard.runs.report import compare_curves
+    from trainyard.runs.table import load_run, resolve_run
 
     paths = [resolve_run(r) for r in args.runs]
     loaded = [load_run(p) for p in paths]
     if len({r.name for r in loaded}) < len(loaded):  # same folder name under different parents: show the paths
         for run, path in zip(loaded, paths):
             run.name = str(path)
+    if args.metric is None:  # the metric the runs picked their best checkpoint by (val/accuracy, val/loss, ...)
+        from trainyard.track.rundir import read_status
+
+        args.metric = next((m for m in (read_status(p).get("monitor") for p in paths) if m), "val/accuracy")
     missing = compare_curves(loaded, args.metric, Path(args.out))
     for name in missing:
         print(f"note: {name} logged no {args.metric}", file=sys.stderr)
@@ -40,8 +44,8 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from trainyard.track.report import write_report
-    from trainyard.track.runs import load_run, resolve_run
+    from trainyard.runs.report import write_report
+    from trainyard.runs.table import load_run, resolve_run
 
     run = load_run(resolve_run(args.run))
     out = Path(args.out)
@@ -53,7 +57,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def board(args: argparse.Namespace) -> int:
-    from trainyard.track.board import start_tensorboard, stop
+    from trainyard.runs.board import start_tensorboard, stop
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: must be 0 (a free port) to 65535")
@@ -71,8 +75,8 @@ def board(args: argparse.Namespace) -> int:
 
 def sweep(args: argparse.Namespace) -> int:
     from trainyard.commands import split_config_args
-    from trainyard.track.runs import format_table
-    from trainyard.track.sweep import Sweep
+    from trainyard.runs.table import format_table
+    from trainyard.runs.sweep import Sweep
 
     if args.resume:
         if args.overrides or args.random is not None or args.name:

@@ -457,7 +457,14 @@ class Trainer:
             if self.tracker is not None:
                 self.tracker.log_metrics(result.metrics, self.step, self.epoch)
                 if collector is not None:
-                    collector.log(self.tracker, self.step)
+                    from trainyard.track.figures import render
+
+                    for tag, kind, picture in collector.pictures():
+                        image, figure = render(kind, picture)
+                        if figure is not None:
+                            self.tracker.log_figure(tag, figure, self.step)
+                        else:
+                            self.tracker.log_image(tag, image, self.step)
         if self.best is not None:
             final[f"best/{self.monitor}"] = self.best
         if self.tracker is not None:

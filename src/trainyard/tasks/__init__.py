@@ -252,7 +252,9 @@ class Task:
         return names
 
     def collector(self, keep_wrong: int) -> Any:
-        """What the test split collects for pictures (see tasks.figures), or None."""
+        """What the test split collects for pictures, or None: an object with ``update(x, logits, y)``,
+        ``reduce(strategy)`` (collective) and ``pictures() -> [(tag, kind, data)]``, kinds as in
+        ``trainyard.track.figures.render``."""
         return None
 
 

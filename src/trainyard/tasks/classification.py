@@ -188,11 +188,12 @@ class ConfusionCollector:
             m = self.matrix if self.matrix is not None else torch.zeros(self.k, self.k, dtype=torch.long, device=strategy.device)
             self.matrix = strategy.all_reduce_sum(m.to(strategy.device))
 
-    def log(self, tracker: Any, step: int) -> None:
-        from trainyard.track.figures import confusion_figure, labelled_grid
-
+    def pictures(self) -> list[tuple[str, str, dict]]:
+        """(tag, kind, data) for the trackers to render: the engine draws them (tasks know no tracker)."""
         info = self.task.info
+        out = []
         if self.matrix is not None:
-            tracker.log_figure("test/confusion_matrix", confusion_figure(self.matrix.cpu(), self.classes), step)
+            out.append(("test/confusion_matrix", "confusion", {"matrix": self.matrix.cpu(), "classes": self.classes}))
         if self.images:
-            tracker.log_image("test/misclassified", labelled_grid(torch.stack(self.images), self.titles, info.mean, info.std), step)
+            out.append(("test/misclassified", "labelled_grid", {"images": torch.stack(self.images), "titles": self.titles, "mean": info.mean, "std": info.std}))
+        return out

@@ -72,9 +72,7 @@ class PredictionCollector:
     def reduce(self, strategy: Any) -> None:
         """The primary's own shard is plot enough: no gather."""
 
-    def log(self, tracker: Any, step: int) -> None:
+    def pictures(self) -> list[tuple[str, str, dict]]:
         if not self.pred:
-            return
-        from trainyard.track.figures import predictions_figure
-
-        tracker.log_figure("test/predictions", predictions_figure(torch.cat(self.pred)[:MAX_POINTS], torch.cat(self.true)[:MAX_POINTS]), step)
+            return []
+        return [("test/predictions", "predictions", {"predicted": torch.cat(self.pred)[:MAX_POINTS], "true": torch.cat(self.true)[:MAX_POINTS]})]

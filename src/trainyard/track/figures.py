@@ -118,3 +118,18 @@ def predictions_figure(predicted: torch.Tensor, true: torch.Tensor, name: str = 
     ax.set_title(f"predicted against true (test, {len(t)} values)")
     fig.tight_layout()
     return fig
+
+
+def render(kind: str, data: dict):
+    """A task's picture (see ``Task.collector``) as what the trackers log: ``(image tensor or None, figure or None)``."""
+    if kind == "confusion":
+        return None, confusion_figure(data["matrix"], data["classes"])
+    if kind == "labelled_grid":
+        return labelled_grid(data["images"], data["titles"], data.get("mean"), data.get("std")), None
+    if kind == "predictions":
+        return None, predictions_figure(data["predicted"], data["true"])
+    if kind == "figure":
+        return None, data["figure"]
+    if kind == "image":
+        return data["image"], None
+    raise ValueError(f"unknown picture kind {kind!r}")

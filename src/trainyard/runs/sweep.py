@@ -219,7 +219,7 @@ class Sweep:
     def summary(self) -> tuple[list[str], list[list[str]], str | None]:
         """The trials' table, best first (by each run's best monitored value), and the monitored metric."""
         from trainyard.engine.trainer import monitor_mode
-        from trainyard.track.runs import find_runs, load_run, runs_table
+        from trainyard.runs.table import find_runs, load_run, runs_table
 
         names = {t["name"] for t in self.trials}
         runs = [load_run(p, self.folder) for p in find_runs(self.folder, max_depth=1) if p.name in names]

@@ -12,7 +12,7 @@ from typing import Any
 from trainyard.config import suggest
 from trainyard.errors import ConfigError, TrainyardError
 from trainyard.track.jsonl import read_metrics
-from trainyard.track.runs import Run, differing_hparams, format_duration, format_time, format_value
+from trainyard.runs.table import Run, differing_hparams, format_duration, format_time, format_value
 
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
 
@@ -159,6 +159,7 @@ def build_report(run: Run) -> str:
     pictures = [
         ("test_confusion_matrix.png", "Confusion matrix", "test set, best checkpoint; rows: true class, columns: predicted"),
         ("test_misclassified.png", "Sample predictions", "misclassified test samples: predicted / true label"),
+        ("test_predictions.png", "Predicted against true", "test set, best checkpoint; the dashed diagonal is a perfect model"),
         ("data_train_batch.png", "A training batch", "as the model sees it, after augmentation (normalisation undone)"),
     ]
     known = {name for name, _, _ in pictures}

@@ -1,0 +1,1 @@
+"""Across runs: the run table, curves compared, the HTML report, the TensorBoard server, sweeps."""
