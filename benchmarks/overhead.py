@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from trainyard.config import load_config  # noqa: E402
-from trainyard.data import DATASETS, DataBundle, DataInfo  # noqa: E402
+from trainyard.data import DataBundle, DataInfo  # noqa: E402
 from trainyard.data.splits import TensorPairs  # noqa: E402
 from trainyard.engine.run import seed_everything  # noqa: E402
 from trainyard.models import build_model  # noqa: E402
@@ -78,12 +78,10 @@ def mnist28(cfg) -> DataBundle:
     return _CACHE["cnn"]
 
 
-DATASETS["bench_digits64"] = f"{__name__}:digits64"
-DATASETS["bench_mnist28"] = f"{__name__}:mnist28"
-
+# The datasets are this script's own functions, named by import path as a user's would be.
 WORKLOADS = {
-    "mlp": ["data.dataset=bench_digits64", "model.name=mlp", "model.width=64", "model.depth=2", "trainer.epochs=3"],
-    "cnn": ["data.dataset=bench_mnist28", "model.name=cnn", "model.width=16", "model.depth=2", "trainer.epochs=1"],
+    "mlp": [f"data.dataset={__name__}:digits64", "model.name=mlp", "model.width=64", "model.depth=2", "trainer.epochs=3"],
+    "cnn": [f"data.dataset={__name__}:mnist28", "model.name=cnn", "model.width=16", "model.depth=2", "trainer.epochs=1"],
 }
 
 

@@ -51,9 +51,8 @@ def cifar_png(cfg) -> DataBundle:
 
 
 def config(root: Path, extra: list[str] = ()):
-    dataset = "image_folder" if "image_folder" in DATASETS else "cifar_png_bench"
-    if dataset == "cifar_png_bench":
-        DATASETS[dataset] = "__main__:cifar_png"
+    # image_folder is the built-in; __main__:cifar_png (this script's own reader) stays for trainyards without it
+    dataset = "image_folder" if "image_folder" in DATASETS else "__main__:cifar_png"
     overrides = [
         f"data.dataset={dataset}", f"data.root={root}", f"data.train_transforms={json.dumps(AUGMENT)}", "data.val_fraction=0",
         "model.name=cnn", "model.width=16", "loader.batch_size=128", "trainer.device=cpu", "loader.persistent_workers=true",

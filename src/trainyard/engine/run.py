@@ -102,6 +102,8 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
         if parts.collate_fn is not None:
             data.collate_fn = parts.collate_fn
         task = build_task(cfg, data.info, loss=parts.loss, metrics=parts.metrics, task=parts.task)
+        if parts.datasets is None and data.train_labels is not None:  # a built-in's labels against the task (user data was checked as it was read)
+            task.check_targets(torch.as_tensor(data.train_labels), f"data.dataset={cfg.data.dataset} with task={task.name}")
         data.info.num_outputs = task.num_outputs()  # the head the model must have
         model = parts.model if parts.model is not None else build_model(cfg.model, data.info)
 
@@ -132,7 +134,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
         final = trainer.fit()
         status = "finished"
         if strategy.is_primary:
-            write_status(run_dir, final=final, best=trainer.best, monitor=trainer.monitor)
+            write_status(run_dir, final=final, best=trainer.best, monitor=trainer.monitor, monitor_mode=trainer.mode)
             tested = {k.removeprefix("test/"): v for k, v in final.items() if k.startswith("test/") and k.count("/") == 1}
             if tested:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in tested.items() if k != "loss") or f"loss {tested['loss']:.4f}"

@@ -230,7 +230,8 @@ class Sweep:
             headers, rows = runs_table(runs, sort="name")
             return headers, rows, None
         cfg = self.trial_config(self.trials[0])
-        mode = monitor_mode(monitor, cfg.trainer.monitor_mode)
+        recorded = next((r.status_json.get("monitor_mode") for r in runs if r.status_json.get("monitor_mode")), None)  # the task's own direction
+        mode = recorded or monitor_mode(monitor, cfg.trainer.monitor_mode)
         try:
             headers, rows = runs_table(runs, sort=f"best/{monitor}", reverse=mode == "max")
         except ConfigError:  # no trial got as far as a best value
