@@ -52,19 +52,21 @@ def _overrides(cb: Any, hook: str) -> bool:
     return method is not None and method is not getattr(Callback, hook)
 
 
-def check_callback(cb: Any, where: str) -> None:
-    """Every hook it defines takes (trainer, ...) as called; a name close to a hook is a typo."""
-    for name in dir(type(cb)):
+def check_callback(cb: Any, where: str, unbound: bool = False) -> None:
+    """Every hook it defines takes (trainer, ...) as called; a name close to a hook is a typo.
+    ``unbound``: ``cb`` is the class, whose methods also take ``self``."""
+    cls = cb if unbound else type(cb)
+    for name in dir(cls):
         if name.startswith("on_") and name not in HOOKS and hint(name, HOOKS):  # on_epoch_ends: a typo would never be called
-            raise ConfigError(f"{where}: {type(cb).__name__}.{name} is not a hook{hint(name, HOOKS)}; hooks: {', '.join(HOOKS)}")
+            raise ConfigError(f"{where}: {cls.__name__}.{name} is not a hook{hint(name, HOOKS)}; hooks: {', '.join(HOOKS)}")
     for hook, args in HOOKS.items():
-        if not _overrides(cb, hook):
+        if not _overrides(cb, hook) if not unbound else getattr(cls, hook, None) in (None, getattr(Callback, hook)):
             continue
         method = getattr(cb, hook)
         try:
-            inspect.signature(method).bind(None, *([None] * len(args)))
+            inspect.signature(method).bind(*([None] * (len(args) + 1 + unbound)))
         except TypeError:
-            raise ConfigError(f"{where}: {type(cb).__name__}.{hook}{inspect.signature(method)} must take (trainer{''.join(', ' + a for a in args)})") from None
+            raise ConfigError(f"{where}: {cls.__name__}.{hook}{inspect.signature(method)} must take (trainer{''.join(', ' + a for a in args)})") from None
         except ValueError:
             continue  # no signature to read (a builtin): trust it
 
@@ -146,9 +148,10 @@ CALLBACKS.register("data_wait", DataWaitWarning, "one warning when an epoch is d
 BUILT_IN = ("first_batch_pictures", "histograms", "data_wait")
 
 
-def build_callbacks(specs: list, given: list | None = None) -> list[Any]:
-    """The built-ins, then ``callbacks`` from the config (import paths, ``{path: {args}}``), then objects from Python."""
-    out: list[Any] = [CALLBACKS.get(name)() for name in BUILT_IN]
+def build_callbacks(specs: list, given: list | None = None, *, construct: bool = True) -> list[Any]:
+    """The built-ins, then ``callbacks`` from the config (import paths, ``{path: {args}}``), then objects from Python.
+    ``construct=False`` only resolves and checks them (before a run starts), building nothing."""
+    out: list[Any] = [CALLBACKS.get(name)() for name in BUILT_IN] if construct else []
     for i, spec in enumerate(list(specs or []) + list(given or [])):
         where = f"callbacks[{i}]"
         args: dict = {}
@@ -160,9 +163,15 @@ def build_callbacks(specs: list, given: list | None = None) -> list[Any]:
         obj = CALLBACKS.get(spec, key=f"{where}={spec}" if isinstance(spec, str) else where)
         where_named = f"{where}={spec}" if isinstance(spec, str) else f"{where} ({getattr(obj, '__name__', type(obj).__name__)})"
         cls = obj if isinstance(obj, type) else type(obj)
+        typos = [n for n in dir(cls) if n.startswith("on_") and n not in HOOKS and hint(n, HOOKS)]
+        if typos:  # on_epoch_ends: a hook misspelt would never be called
+            raise ConfigError(f"{where_named}: {cls.__name__}.{typos[0]} is not a hook{hint(typos[0], HOOKS)}; hooks: {', '.join(HOOKS)}")
         if not any(callable(getattr(cls, hook, None)) for hook in HOOKS):
             raise ConfigError(f"{where_named}: {cls.__name__} has none of the hooks {', '.join(HOOKS)}")
         if isinstance(obj, type):
+            if not construct:
+                check_callback(obj, where_named, unbound=True)
+                continue
             obj = call_with(obj, f"{where_named} args", args)
         elif args:
             raise ConfigError(f"{where_named}: arguments given, but it is not a class to construct")

@@ -49,7 +49,7 @@ def check_names(cfg: RunConfig, parts: UserParts | None = None) -> None:
         parse_metrics(cfg.task.metrics)
     optimizer_factory(cfg.optim, parts.optimizer)
     schedule_factory(cfg.schedule, parts.scheduler)
-    build_callbacks(cfg.callbacks, parts.callbacks)
+    build_callbacks(cfg.callbacks, parts.callbacks, construct=False)
     if parts.model is None:
         MODELS.get(cfg.model.name)
     if parts.datasets is None and cfg.data.dataset != PYTHON:
