@@ -67,3 +67,12 @@ else
   echo "== issue 7 (model/pipeline parallel): needs 2 GPUs, found $GPUS: skipped"
 fi
 # --- end issue 7 --------------------------------------------------------------------------------
+
+# --- issue 15: the user's own model, data and task on cuda (bf16 autocast with regression targets, a multilabel head) ---
+echo "== built-in diabetes regression, mlp, cuda, bf16"
+$PY -m trainyard train name=gpu-regression track.root="$OUT/runs" data.dataset=diabetes task=regression model.name=mlp \
+  trainer.device=cuda trainer.precision=bf16 trainer.epochs=5 optim.lr=0.03 trainer.progress=false | tail -2
+echo "== Python API under cuda: trainyard.fit on a user model (examples/python_api), bf16"
+if [ -f examples/python_api/train.py ]; then
+  (cd examples/python_api && TRAINYARD_DEVICE=cuda $PY train.py 2>&1 | tail -3)
+fi
