@@ -72,7 +72,7 @@ fi
 echo "== built-in diabetes regression, mlp, cuda, bf16"
 $PY -m trainyard train name=gpu-regression track.root="$OUT/runs" data.dataset=diabetes task=regression model.name=mlp \
   trainer.device=cuda trainer.precision=bf16 trainer.epochs=5 optim.lr=0.03 trainer.progress=false | tail -2
-echo "== Python API under cuda: trainyard.fit on a user model (examples/python_api), bf16"
+echo "== Python API on cuda: trainyard.fit on a user model (examples/python_api)"
 if [ -f examples/python_api/train.py ]; then
-  (cd examples/python_api && TRAINYARD_DEVICE=cuda $PY train.py 2>&1 | tail -3)
+  (cd examples/python_api && $PY train.py 2>&1 | tail -3)  # trainer.device=auto picks cuda
 fi
