@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from conftest import run_cli
 from trainyard.config import load_config
@@ -131,11 +131,64 @@ def unreadable(cfg):
     return DataBundle(Unreadable(), None, None, _info(), train_labels=torch.arange(100) % 10)
 
 
+def registering(registry, request):
+    """Add a name to a registry for one test. Not monkeypatch.setitem: it reads the old value with
+    ``registry.get(name, notset)``, and Registry.get(spec, key) resolves names instead (a new one raises)."""
+
+    def register(name: str, target: str) -> None:
+        registry[name] = target
+        request.addfinalizer(lambda: registry.pop(name, None))
+
+    return register
+
+
+# --- the user's datasets, given as data.dataset=test_doctor:<function>: plain Datasets or dicts of splits
+def _features(n: int = 200, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def regression_targets():
+    """Standardised real targets, a linear function of the features plus a little noise."""
+    x = _features()
+    y = x @ torch.linspace(-1.0, 1.0, 6) + 0.1 * torch.randn(len(x), generator=torch.Generator().manual_seed(1))
+    return TensorDataset(x, (y - y.mean()) / y.std())
+
+
+def regression_nan_targets():
+    ds = regression_targets()
+    ds.tensors[1][::10] = float("nan")
+    return ds
+
+
+def multilabel_targets():
+    """Four 0/1 labels per sample (each positive about half the time), with a validation split of its own."""
+    x, vx = _features(), _features(60, seed=2)
+    return {"train": TensorDataset(x, (x[:, :4] > 0).float()), "val": TensorDataset(vx, (vx[:, :4] > 0).float())}
+
+
+def multilabel_dead_label():
+    ds = multilabel_targets()["train"]
+    ds.tensors[1][:, 2] = 0.0
+    return ds
+
+
+def multilabel_as_class_ids():
+    x = _features()
+    return TensorDataset(x, torch.arange(len(x)) % 4)
+
+
+def binary_targets(cfg):
+    x = _features()
+    return TensorDataset(x, (x[:, 0] + x[:, 1] > 0).long())
+
+
 @pytest.fixture
-def dataset(monkeypatch):
+def dataset(request):
+    add = registering(DATASETS, request)
+
     def register(builder) -> str:
         name = f"doctor_{builder.__name__}"
-        monkeypatch.setitem(DATASETS, name, f"{HERE}:{builder.__name__}")
+        add(name, f"{HERE}:{builder.__name__}")
         return f"data.dataset={name}"
 
     return register
@@ -202,6 +255,28 @@ class Huge(nn.Module):
         self.w = nn.Parameter(torch.empty(10**13, device="meta"))
 
 
+class ThreeLogits(nn.Module):
+    """A user model (model.name=test_doctor:ThreeLogits) whose head is one short for four labels."""
+
+    def __init__(self, in_features):
+        super().__init__()
+        self.fc = nn.Linear(in_features, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class DictHead(nn.Module):
+    """Returns its predictions in a dict, as Hugging Face models do; dropout so the modes check has work."""
+
+    def __init__(self, in_features, num_outputs):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, num_outputs))
+
+    def forward(self, x):
+        return {"logits": self.body(x)}
+
+
 def detached(cfg, info):
     return Detached(info.num_classes)
 
@@ -227,10 +302,12 @@ def huge(cfg, info):
 
 
 @pytest.fixture
-def model(monkeypatch):
+def model(request):
+    add = registering(MODELS, request)
+
     def register(builder) -> str:
         name = f"doctor_{builder.__name__}"
-        monkeypatch.setitem(MODELS, name, f"{HERE}:{builder.__name__}")
+        add(name, f"{HERE}:{builder.__name__}")
         return f"model.name={name}"
 
     return register
@@ -323,6 +400,62 @@ def test_labels_imbalance_is_reported(tmp_path, dataset):
     assert f.status == WARN and "imbalance 10.0x" in f.saw and "class 9 6" in f.saw
 
 
+def test_labels_user_regression_dataset(tmp_path):
+    findings = doctor(tmp_path, f"data.dataset={HERE}:regression_targets", "task.name=regression", "model.name=mlp", "model.width=16",
+                      only=["labels", "forward", "overfit", "gradients", "modes"])
+    assert {n: f.status for n, f in findings.items()} == {n: PASS for n in findings}, [f.saw for f in findings.values()]
+    assert "144 training targets finite: mean" in findings["labels"].saw and ", std 0.98, range [" in findings["labels"].saw
+    assert "-> predictions (64, 1); initial loss" in findings["forward"].saw and "predicting the mean = " in findings["forward"].saw
+
+
+def test_labels_regression_nan_targets_fail(tmp_path):
+    f = doctor(tmp_path, f"data.dataset={HERE}:regression_nan_targets", "task.name=regression", "model.name=mlp", only=["labels"])["labels"]
+    assert f.status == FAIL and " NaN and 0 Inf values in 144 training targets" in f.saw, f.saw
+    assert "makes the loss NaN" in f.fix
+
+
+def test_labels_regression_far_from_scale_one_warns(tmp_path):
+    f = doctor(tmp_path, "data.dataset=diabetes", "task.name=regression", "model.name=mlp", only=["labels", "forward"])
+    assert f["labels"].status == WARN and "far from scale 1" in f["labels"].saw and "standardise the targets" in f["labels"].fix
+    assert "predicting the mean = " in f["forward"].saw
+
+
+def test_multilabel_user_dataset_and_dict_output(tmp_path):
+    findings = doctor(tmp_path, f"data.dataset={HERE}:multilabel_targets", "task.name=multilabel", f"model.name={HERE}:DictHead", "optim.lr=0.03",
+                      only=["labels", "forward", "overfit", "gradients", "modes"])
+    assert {n: f.status for n, f in findings.items()} == {n: PASS for n in findings}, [f.saw for f in findings.values()]
+    assert findings["labels"].saw.startswith("4 labels in 200 training targets, positive rate ")
+    assert "-> logits (64, 4)" in findings["forward"].saw and "(chance ln 2 per label = 0.6931)" in findings["forward"].saw
+    assert "Dropout: train and eval outputs differ" in findings["modes"].saw
+
+
+def test_multilabel_label_never_positive_fails(tmp_path):
+    f = doctor(tmp_path, f"data.dataset={HERE}:multilabel_dead_label", "task.name=multilabel", only=["labels"])["labels"]
+    assert f.status == FAIL and "1 of 4 labels are never positive in training: 2" in f.saw
+
+
+def test_multilabel_targets_given_as_class_ids_fail_with_the_tasks_message(tmp_path):
+    findings = doctor(tmp_path, f"data.dataset={HERE}:multilabel_as_class_ids", "task.name=multilabel", only=["labels", "forward"])
+    labels = findings["labels"]
+    assert labels.status == FAIL
+    assert "train split: targets are class ids (e.g. 0), but task=multilabel takes a 0/1 vector per sample" in labels.saw
+    assert findings["forward"].status == FAIL and findings["forward"].saw.startswith("not run: building the data failed: ")
+
+
+def test_binary_user_dataset(tmp_path):
+    findings = doctor(tmp_path, f"data.dataset={HERE}:binary_targets", "task.name=binary", f"model.name={HERE}:DictHead", "optim.lr=0.03",
+                      only=["labels", "forward", "overfit", "modes"])
+    assert {n: f.status for n, f in findings.items()} == {n: PASS for n in findings}, [f.saw for f in findings.values()]
+    assert "144 training targets in {0, 1}: " in findings["labels"].saw and "positive (" in findings["labels"].saw
+    assert "-> logits (64, 1)" in findings["forward"].saw and "(chance ln 2 = 0.6931)" in findings["forward"].saw
+
+
+def test_forward_user_model_output_does_not_fit_the_task(tmp_path):
+    f = doctor(tmp_path, f"data.dataset={HERE}:multilabel_targets", "task.name=multilabel", f"model.name={HERE}:ThreeLogits", only=["forward"])["forward"]
+    assert f.status == FAIL and "output (64, 3) for targets (64, 4)" in f.saw, f.saw
+    assert "output 4 per sample" in f.fix
+
+
 # --- 2. forward -------------------------------------------------------------------------------
 def test_forward_channel_mismatch(tmp_path, dataset):
     f = doctor(tmp_path, dataset(three_channels), only=["forward"])["forward"]
@@ -332,7 +465,7 @@ def test_forward_channel_mismatch(tmp_path, dataset):
 
 def test_forward_wrong_number_of_outputs(tmp_path, model):
     f = doctor(tmp_path, model(eleven_outputs), only=["forward"])["forward"]
-    assert f.status == FAIL and "output (64, 11), expected (64, 10)" in f.saw
+    assert f.status == FAIL and "output (64, 11) for targets (64,)" in f.saw and "needs (64, 10)" in f.saw
 
 
 # --- 3. inputs --------------------------------------------------------------------------------

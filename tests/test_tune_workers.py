@@ -11,7 +11,7 @@ import yaml
 from conftest import run_cli
 from trainyard.commands.workers import write_num_workers
 from trainyard.config import load_config
-from trainyard.data.workers import Measurement, Tuning, candidates, resolve_auto, store_num_workers
+from trainyard.data.workers import Measurement, Tuning, candidates, measure_workers, resolve_auto, store_num_workers, timed_pass
 from trainyard.errors import ConfigError
 
 
@@ -32,6 +32,28 @@ def test_the_pick_is_the_measured_best_not_the_maximum():
     assert tuning(10, 18, 30, 41, 33).best.num_workers == 4  # 8 workers measured slower than 4
     assert tuning(10, 18, 40, 40.5).best.num_workers == 2  # within 5%: fewer workers win
     assert tuning(50, 20, 20).best.num_workers == 0  # workers only cost here
+
+
+def test_timed_pass_warms_up_restarts_at_epoch_end_and_stops():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.randn(12, 3), torch.arange(12)), batch_size=4)  # 3 batches an epoch
+    seen: list[int] = []
+    p = timed_pass(loader, 0.0, lambda x, y: seen.append(int(y[0])), torch.device("cpu"), min_batches=7)
+    assert p.batches == 7 and seen == [0, 4, 8, 0, 4, 8, 0, 4]  # the warm-up batch, then 7 timed across epochs
+    assert 0.0 <= p.wait_share <= 1.0 and p.per_s > 0
+    assert timed_pass(loader, 60.0, None, torch.device("cpu"), max_batches=2).batches == 2
+    empty = DataLoader(TensorDataset(torch.randn(3, 3), torch.arange(3)), batch_size=4, drop_last=True)
+    assert timed_pass(empty, 1.0, None, torch.device("cpu")).batches == 0
+
+
+@pytest.mark.timeout(120)
+def test_measure_times_the_tasks_loss_on_a_regression_run():
+    # float targets under a cross-entropy would fail at the first step: the step must use the task's loss
+    cfg = load_config(None, ["data.dataset=diabetes", "task.name=regression", "model.name=mlp", "model.width=8", "trainer.device=cpu"])
+    tuning = measure_workers(cfg, max_seconds=1.0)
+    assert [m.num_workers for m in tuning.measurements][:2] == [0, 1]
+    assert all(m.steps_per_s > 0 for m in tuning.measurements) and tuning.compute_s > 0
 
 
 def test_write_keeps_the_rest_of_the_file(tmp_path):

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from trainyard.config import RunConfig, to_dict
+from trainyard.errors import ConfigError
 
 NEAR_BEST = 0.95  # values within 5% of the best count as the best (noise): pick the fewest workers among them
 DATA_BOUND = 0.30  # waiting for data more than this share of the time: the run is data-bound
@@ -147,18 +148,19 @@ class Tuning:
         return self.best.data_wait > DATA_BOUND
 
 
-def _train_step(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> Callable[[Any, Any], None]:
+def train_step(cfg: RunConfig, model: torch.nn.Module, device: torch.device, criterion: Callable[[Any, torch.Tensor], torch.Tensor]) -> Callable[[Any, Any], None]:
+    """The model's real training step (forward under the run's autocast, the task's loss, backward, optimizer
+    step), as tune-workers and the doctor's loader check time it."""
     from trainyard.engine.optim import build_optimizer
 
     optimizer = build_optimizer(model, cfg.optim)
-    loss_fn = torch.nn.CrossEntropyLoss()
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
     if amp is torch.float16 and device.type != "cuda":
         amp = None
 
     def step(x: Any, y: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = loss_fn(model(x), y)
+            loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -166,22 +168,49 @@ def _train_step(cfg: RunConfig, model: torch.nn.Module, device: torch.device) ->
     return step
 
 
+def _train_step(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> Callable[[Any, Any], None]:
+    """A classification step (cross-entropy): the name benchmarks/workers.py imports."""
+    return train_step(cfg, model, device, torch.nn.CrossEntropyLoss())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # sync point: only at the ends of a timed window
 
 
-def _timed_pass(loader: Any, seconds: float, step: Callable | None, device: torch.device) -> tuple[float, float, float]:
-    """Iterate (restarting at each epoch's end, as training does) for about ``seconds`` after the first batch.
-    Returns (batches per second, share of time waiting for batches, seconds until the first batch)."""
+@dataclass
+class Pass:
+    """One timed pass over a loader (the first batch and its step are the warm-up, not counted)."""
+
+    batches: int  # timed batches
+    seconds: float  # after the warm-up
+    wait_s: float  # of those, waiting for the next batch
+    startup_s: float  # until the first batch
+
+    @property
+    def per_s(self) -> float:
+        return self.batches / self.seconds if self.batches else 0.0
+
+    @property
+    def wait_share(self) -> float:
+        return min(self.wait_s / self.seconds, 1.0) if self.batches else 0.0
+
+
+def timed_pass(loader: Any, seconds: float, step: Callable | None, device: torch.device, *, min_batches: int = 2, max_batches: int | None = None) -> Pass:
+    """Iterate (restarting at each epoch's end, as training does) for about ``seconds`` after the first batch,
+    at least ``min_batches`` and at most ``max_batches``, running ``step`` on each batch when given. A loader
+    that gives no batch at all is a Pass of 0 batches."""
     from trainyard.devices import move
 
     start = time.perf_counter()
     it = iter(loader)
-    x, y = next(it)
+    try:
+        x, y = next(it)
+    except StopIteration:
+        return Pass(0, 0.0, 0.0, time.perf_counter() - start)
     startup = time.perf_counter() - start
     if step is not None:
-        step(move(x, device), y.to(device, non_blocking=True))
+        step(move(x, device), move(y, device))
         _sync(device)
     count, wait = 0, 0.0
     begin = time.perf_counter()
@@ -194,14 +223,20 @@ def _timed_pass(loader: Any, seconds: float, step: Callable | None, device: torc
             x, y = next(it)
         wait += time.perf_counter() - t0
         if step is not None:
-            step(move(x, device), y.to(device, non_blocking=True))
+            step(move(x, device), move(y, device))
         count += 1
-        if time.perf_counter() - begin >= seconds and count >= 2:
+        if (time.perf_counter() - begin >= seconds and count >= min_batches) or count == max_batches:
             break
     _sync(device)
     elapsed = max(time.perf_counter() - begin, 1e-9)
     del it  # shuts the workers down
-    return count / elapsed, min(wait / elapsed, 1.0), startup
+    return Pass(count, elapsed, wait, startup)
+
+
+def _timed_pass(loader: Any, seconds: float, step: Callable | None, device: torch.device) -> tuple[float, float, float]:
+    """(batches per second, share of time waiting for batches, seconds until the first batch)."""
+    p = timed_pass(loader, seconds, step, device)
+    return p.per_s, p.wait_share, p.startup_s
 
 
 def _compute_time(step: Callable, x: Any, y: torch.Tensor, device: torch.device, seconds: float) -> float:
@@ -224,15 +259,19 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     """Measure ``num_workers`` = 0, 1, 2, 4, ... on the run's real data and model within about ``max_seconds``."""
     from trainyard.data import build_data
     from trainyard.data.loading import build_loader, check_loader_config, train_sampler
+    from trainyard.devices import resolve_device, seed_everything
     from trainyard.models import build_model
-    from trainyard.parallel.launch import resolve_device
+    from trainyard.tasks import build_task
 
     check_loader_config(cfg.loader)
     device = resolve_device(cfg.trainer.device)
-    torch.manual_seed(cfg.seed)
+    # data, task, model in run_process's order: the task sets the head's width before the model is built
+    seed_everything(cfg.seed)
     data = build_data(cfg)
+    task = build_task(cfg, data.info)
+    data.info.num_outputs = task.num_outputs()
     model = build_model(cfg.model, data.info).to(device).train()
-    step = _train_step(cfg, model, device)
+    step = train_step(cfg, model, device, task.criterion)
     cpus = cpu_count()
     values = candidates(cpus)
     per_run = max(0.9 * max_seconds / (2 * len(values) + 1), 0.25)
@@ -245,7 +284,10 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
         return loader
 
     started = time.perf_counter()  # the budget is for measuring, not for building the data and the model
-    x, y = next(iter(loader_for(0)))
+    first = next(iter(loader_for(0)), None)
+    if first is None:
+        raise ConfigError(f"loader.batch_size={cfg.loader.batch_size}: the training loader gives no batch ({len(data.train)} samples, loader.drop_last={str(cfg.loader.drop_last).lower()}); nothing to time")
+    x, y = first
     compute_s = _compute_time(step, x, y, device, per_run)
     tuning = Tuning([], compute_s, device, cpus)
     # Up the candidates, then back down (A B C C B A): a machine whose load drifts during the measurement

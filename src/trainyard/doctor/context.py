@@ -1,6 +1,6 @@
 """What the checks look at, built once through the same code the run uses: the device, the data, the
-model, the training loader and a few real batches. A part that fails to build makes every check that
-needs it report ``not run`` (a FAIL), except config mistakes, which stop the doctor with one line."""
+task, the model, the training loader and a few real batches. A part that fails to build makes every check
+that needs it report ``not run`` (a FAIL), except config mistakes, which stop the doctor with one line."""
 
 from __future__ import annotations
 
@@ -14,18 +14,23 @@ import torch
 from torch import nn
 
 from trainyard.config import RunConfig
-from trainyard.data.splits import base_and_indices, labels_of  # noqa: F401 - the checks read datasets below their views
-from trainyard.errors import TrainyardError
+from trainyard.data.splits import base_and_indices  # noqa: F401 - the checks read datasets below their views
+from trainyard.errors import DataError, TrainyardError
 
 SAMPLE_BATCHES = 8  # real batches loaded once and shared by the checks
+
+# The layers whose behaviour depends on train/eval mode, by their public classes.
+DROPOUT_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+BATCH_NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
 
 
 class NotBuilt(Exception):
     """A part of the context could not be built; the check that needs it does not run."""
 
-    def __init__(self, message: str, fix: str):
+    def __init__(self, message: str, fix: str, error: BaseException | None = None):
         super().__init__(message)
         self.fix = fix
+        self.error = error  # what building raised
 
 
 def first_line(exc: BaseException) -> str:
@@ -42,10 +47,14 @@ class Context:
         if key not in self._parts:
             try:
                 self._parts[key] = (True, build())
+            except NotBuilt as exc:  # a part this one needs failed: the same reason
+                self._parts[key] = (False, exc)
+            except DataError as exc:  # data that cannot be used (targets that do not fit the task, ...): a finding
+                self._parts[key] = (False, NotBuilt(f"{what} failed: {exc}", fix, exc))
             except TrainyardError as exc:
-                self._parts[key] = (False, exc)  # a config or data mistake: the doctor stops (see is_setup_error)
+                self._parts[key] = (False, exc)  # a config mistake: the doctor stops (see is_setup_error)
             except Exception as exc:  # noqa: BLE001
-                self._parts[key] = (False, NotBuilt(f"{what} failed: {first_line(exc)}", fix))
+                self._parts[key] = (False, NotBuilt(f"{what} failed: {first_line(exc)}", fix, exc))
         built, value = self._parts[key]
         if not built:
             raise value
@@ -57,7 +66,7 @@ class Context:
 
     def summary(self) -> str:
         c = self.cfg
-        return f"data.dataset={c.data.dataset} model.name={c.model.name} parallel.strategy={c.parallel.strategy} trainer.device={c.trainer.device}"
+        return f"data.dataset={c.data.dataset} task.name={c.task.name} model.name={c.model.name} parallel.strategy={c.parallel.strategy} trainer.device={c.trainer.device}"
 
     def close(self) -> None:
         self._parts.clear()
@@ -70,7 +79,7 @@ class Context:
     # --- the parts -------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        from trainyard.parallel.launch import resolve_device
+        from trainyard.devices import resolve_device
 
         return self._once("device", "resolving trainer.device", lambda: resolve_device(self.cfg.trainer.device), "set trainer.device")
 
@@ -81,14 +90,30 @@ class Context:
         return self._once("data", "building the data", lambda: build_data(self.cfg), "fix the dataset builder (data.dataset)")
 
     @property
+    def task(self):
+        """The run's task, built from the data's info as run_process builds it; it sets the head's width
+        (``info.num_outputs``) before the model is built."""
+        from trainyard.tasks import build_task
+
+        def build():
+            data = self.data
+            task = build_task(self.cfg, data.info)
+            data.info.num_outputs = task.num_outputs()
+            return task
+
+        return self._once("task", "building the task", build, "fix task.name")
+
+    @property
     def model(self) -> nn.Module:
         """The model as the run builds it (same seed), on the CPU, never trained; checks train copies."""
         from trainyard.devices import seed_everything
         from trainyard.models import build_model
 
         def build():
+            info = self.data.info
+            self.task  # the task sets info.num_outputs first, as in run_process
             seed_everything(self.cfg.seed)
-            return build_model(self.cfg.model, self.data.info)
+            return build_model(self.cfg.model, info)
 
         return self._once("model", "building the model", build, "fix the model builder (model.name)")
 
@@ -143,13 +168,30 @@ class Context:
         return self.batches[0]
 
     @property
-    def loss_fn(self) -> nn.Module:
-        return nn.CrossEntropyLoss()
+    def loss_fn(self) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+        """The task's criterion, the run's loss: it reads a model's own loss or logits from a dict or object output."""
+        return self.task.criterion
+
+    def loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+        """The run's loss of one model output; a plain tensor in float32, as evaluation computes it."""
+        if isinstance(out, torch.Tensor) and out.ndim:
+            out = out.float()
+        return self.task.criterion(out, y)
 
     @property
     def train_labels(self) -> tuple[torch.Tensor, bool]:
-        """All training labels (or a sample of them, flagged True), without loading the inputs when the dataset allows."""
-        return self._once("labels", "reading the training labels", lambda: labels_of(self.data.train, self.data.train_labels), "fix the dataset's labels")
+        """All training targets (or a sample of them, flagged True), without loading the inputs when the dataset allows."""
+
+        def read():
+            from trainyard.data.user import targets_of
+
+            data = self.data
+            if data.train_labels is not None:
+                return torch.as_tensor(data.train_labels), False
+            targets = targets_of(data.train, "train split")  # stacks vector targets; samples large datasets read item by item
+            return targets, len(targets) < len(data.train)
+
+        return self._once("labels", "reading the training targets", read, "fix the dataset's targets")
 
     # --- planned run shape -------------------------------------------------------------
     def world_size(self) -> int | None:
@@ -185,7 +227,7 @@ def content_key(base: Any, j: int) -> bytes:
     return h.digest()
 
 
-def _feed(h: "hashlib._Hash", x: Any) -> None:
+def _feed(h: Any, x: Any) -> None:
     if isinstance(x, torch.Tensor):
         h.update(f"{x.dtype}{tuple(x.shape)}".encode())
         h.update(x.detach().cpu().contiguous().numpy().tobytes() if x.dtype != torch.bfloat16 else x.float().numpy().tobytes())
@@ -242,11 +284,6 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # sync point: only to time a step honestly
 
 
 def fmt(x: float) -> str:

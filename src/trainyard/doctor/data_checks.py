@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 
 from trainyard.doctor import PASS, Finding, fail, merge, ok, warn
-from trainyard.doctor.context import Context, base_and_indices, content_key, float_tensors, strategy_class, sync
+from trainyard.doctor.context import BATCH_NORM_LAYERS, Context, NotBuilt, base_and_indices, content_key, float_tensors, strategy_class
+from trainyard.errors import DataError
 
-IMBALANCE_WARN = 10.0  # largest / smallest class count
+IMBALANCE_WARN = 10.0  # largest / smallest class count (positives / negatives for binary and each label)
+TARGET_SCALE_WARN = 10.0  # regression targets beyond this mean or std, or with a std below its inverse, want standardising
 DATA_BOUND_FRACTION = 0.3  # share of a step spent waiting on data above which the run is data-bound
 LOADER_BATCHES = 12  # batches timed by the loader check (after one warm-up batch)
 LOADER_SECONDS = 3.0
@@ -22,17 +24,40 @@ HASH_SECONDS = 5.0  # time budget of the duplicate check
 
 
 def labels(ctx: Context) -> Finding:
-    """1. Labels lie in [0, num_classes), every class occurs in training; the imbalance."""
-    info = ctx.data.info
-    labels, sampled = ctx.train_labels
-    n, k = len(labels), info.num_classes
-    of = f"{'a sample of ' if sampled else ''}{n} training labels"
-    if n == 0:
+    """1. The training targets fit the task: class ids in [0, num_classes) with every class present (and
+    the imbalance); 0/1 for binary and multilabel (labels never or always positive, positive rates);
+    finite values on a scale near 1 for regression."""
+    fix = f"make the targets fit task.name={ctx.cfg.task.name}, or pick the task that fits them"
+    try:
+        task = ctx.task
+        targets, sampled = ctx.train_labels
+    except NotBuilt as exc:
+        if isinstance(exc.error, DataError):  # e.g. the user's targets, checked against the task while the data is built
+            return fail(str(exc.error), fix)
+        raise
+    of = f"{'a sample of ' if sampled else ''}{len(targets)} training targets"
+    if len(targets) == 0:
         return fail("the training split is empty", "check data.val_fraction / data.test_fraction and the dataset's files")
-    if labels.is_floating_point() or labels.is_complex():
-        if not torch.equal(labels, labels.round()):
-            return fail(f"{of} are fractional ({labels.dtype}), e.g. {labels[0].item()}", "classification needs integer class indices 0..num_classes-1")
-        labels = labels.long()
+    try:  # what from_splits checks for the user's datasets; a built-in or a DataBundle of the user's meets it here
+        task.check_targets(targets, "train split" + (" (a sample)" if sampled else ""))
+    except DataError as exc:
+        return fail(str(exc), fix)
+    kind = task.targets
+    if kind == "class":
+        return _class_ids(ctx, targets, sampled, of)
+    if kind == "binary":
+        return _binary(targets, sampled, of)
+    if kind == "labels":
+        return _label_vectors(ctx, targets, sampled, of)
+    return _values(targets, of)
+
+
+def _class_ids(ctx: Context, labels: torch.Tensor, sampled: bool, of: str) -> Finding:
+    info = ctx.data.info
+    k = info.num_classes
+    if k is None:
+        return fail(f"{of}, but the data gives no class count (DataInfo.num_classes is None)", "set DataInfo.num_classes in the dataset builder")
+    labels = labels.long()  # check_targets has ruled out fractional values
     lo, hi = int(labels.min()), int(labels.max())
     bad = int(((labels < 0) | (labels >= k)).sum())
     if bad:
@@ -47,9 +72,8 @@ def labels(ctx: Context) -> Finding:
     names = info.classes if len(info.classes) == k else [str(c) for c in range(k)]
     missing = [names[c] for c in range(k) if counts[c] == 0]
     if missing:
-        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
         return (warn if sampled else fail)(
-            f"{len(missing)} of {k} classes have no training sample in {of}: {shown}",
+            f"{len(missing)} of {k} classes have no training sample in {of}: {_listed(missing)}",
             "the model can never predict them; check the label mapping and the split (data.val_fraction, data.test_fraction)",
         )
     smallest, largest = int(counts.min()), int(counts.max())
@@ -61,6 +85,64 @@ def labels(ctx: Context) -> Finding:
             f"{seen}: class {big} has {largest}, class {small} {smallest}",
             "accuracy will flatter the large classes: watch per-class metrics, weight the loss or oversample the small classes",
         )
+    return ok(seen)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+
+def _binary(targets: torch.Tensor, sampled: bool, of: str) -> Finding:
+    t = targets.float().flatten()
+    hard = bool(((t == 0) | (t == 1)).all())
+    positive = int((t > 0.5).sum())
+    n = len(t)
+    seen = f"{of} in {{0, 1}}" if hard else f"{of} in [0, 1] (soft, mean {t.mean().item():.2f})"
+    seen += f": {positive} positive ({positive / n:.0%})"
+    if positive in (0, n):
+        return (warn if sampled else fail)(seen, f"every target is {int(positive == n)}: the model learns one answer; check the labels and the split")
+    ratio = max(positive, n - positive) / min(positive, n - positive)
+    if ratio >= IMBALANCE_WARN:
+        return warn(seen + f" (imbalance {ratio:.0f}x)", "accuracy flatters the majority: watch f1, or set task.loss_args={pos_weight: ...} (a tensor of negatives/positives)")
+    return ok(seen)
+
+
+def _label_vectors(ctx: Context, targets: torch.Tensor, sampled: bool, of: str) -> Finding:
+    t = targets.float().reshape(len(targets), -1)
+    n, width = t.shape
+    names = ctx.data.info.classes if len(ctx.data.info.classes) == width else [str(i) for i in range(width)]
+    rate = t.mean(0)
+    never = [names[i] for i in range(width) if rate[i] == 0]
+    always = [names[i] for i in range(width) if rate[i] == 1]
+    seen = f"{width} labels in {of}, positive rate {rate.min().item():.0%}..{rate.max().item():.0%} per label (mean {rate.mean().item():.0%})"
+    findings: list[Finding] = []
+    if never:
+        findings.append((warn if sampled else fail)(f"{len(never)} of {width} labels are never positive in training: {_listed(never)}", "the model learns to never predict them; check the label columns and the split"))
+    if always:
+        findings.append((warn if sampled else fail)(f"{len(always)} of {width} labels are positive in every training sample: {_listed(always)}", "they carry no information; check the label columns or drop them"))
+    if findings:
+        return merge([Finding(PASS, seen)] + findings)
+    rare = [names[i] for i in range(width) if min(rate[i], 1 - rate[i]) * (1 + IMBALANCE_WARN) <= 1]
+    if rare:
+        return warn(seen + f": {len(rare)} labels are rare or near-constant ({_listed(rare)})", "watch per-label metrics (f1_macro), or set task.loss_args={pos_weight: ...}")
+    return ok(seen)
+
+
+def _values(targets: torch.Tensor, of: str) -> Finding:
+    t = targets.double().reshape(len(targets), -1)
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    if nan or inf:
+        return fail(f"{nan} NaN and {inf} Inf values in {of}", "drop or impute those samples: one non-finite target makes the loss NaN")
+    mean, std = t.mean().item(), t.std().item() if t.numel() > 1 else 0.0
+    per_dim = t.std(0) if len(t) > 1 else torch.zeros(t.shape[1], dtype=t.dtype)
+    spread = f", std {per_dim.min().item():.3g}..{per_dim.max().item():.3g} per dimension" if t.shape[1] > 1 else ""
+    seen = f"{of} finite: mean {mean:.3g}, std {std:.3g}, range [{t.min().item():.3g}, {t.max().item():.3g}]{spread}"
+    if std == 0:
+        return fail(seen + ": every target is the same", "nothing to learn: check the target column")
+    scale = max(abs(mean), per_dim.max().item())
+    if scale > TARGET_SCALE_WARN or per_dim.min().item() < 1 / TARGET_SCALE_WARN:
+        how = f"(y - {mean:.3g}) / {std:.3g}" if t.shape[1] == 1 else "each dimension by its training mean and std"
+        return warn(seen + ": far from scale 1", f"standardise the targets in the dataset ({how}): the loss and the head's initial outputs then start near 1")
     return ok(seen)
 
 
@@ -88,14 +170,14 @@ def inputs(ctx: Context) -> Finding:
         return warn(seen + ": not scaled (raw 0..255 pixels?)", "convert with ToDtype(float32, scale=True) and add Normalize(mean, std) in data.train_transforms / data.eval_transforms")
     if lo >= 0.0 and hi <= 1.0:
         return warn(seen + ": scaled to [0, 1] but not normalised", "add Normalize(mean, std) (or leave it, if the model expects [0, 1] inputs)")
+    if ctx.data.info.kind == "features":  # vectors from the user's dataset: no transforms to add Normalize to
+        return warn(seen + ": far from mean 0, std 1", "standardise each feature with the training split's mean and std in the dataset")
     return warn(seen + ": far from mean 0, std 1", "normalise with the training split's mean and std (Normalize in the transforms)")
 
 
 def loader(ctx: Context) -> Finding:
     """7. Data time against compute time per step; num_workers against the CPUs; pin_memory without CUDA."""
-    from trainyard.data.workers import cpu_count, resolve_auto
-    from trainyard.devices import move
-    from trainyard.engine.optim import build_optimizer
+    from trainyard.data.workers import cpu_count, resolve_auto, timed_pass, train_step
 
     cfg, device = ctx.cfg, ctx.device
     workers, cpus = resolve_auto(cfg)[0], cpu_count()
@@ -106,41 +188,20 @@ def loader(ctx: Context) -> Finding:
         findings.append(warn(f"loader.pin_memory=true on {device.type}", "pinning helps only CUDA copies and costs time here: set loader.pin_memory=auto"))
 
     ctx.seed()
-    model = ctx.fresh_model()
-    optimizer = build_optimizer(model, cfg.optim)
-    loss_fn = ctx.loss_fn
-    wait = compute = 0.0
-    timed = 0
-    it = iter(ctx.train_loader())
-    start = time.perf_counter()
-    for i in range(LOADER_BATCHES + 1):
-        t0 = time.perf_counter()
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        x, y = move(x, device), torch.as_tensor(y).to(device, non_blocking=True)
-        t1 = time.perf_counter()
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sync(device)
-        t2 = time.perf_counter()
-        if i > 0:  # the first batch pays for starting workers
-            wait, compute, timed = wait + t1 - t0, compute + t2 - t1, timed + 1
-        if t2 - start > LOADER_SECONDS and timed >= 3:
-            break
-    del it
-    if timed == 0:
-        findings.append(ok("too few batches to time the loader"))
+    step = train_step(cfg, ctx.fresh_model(), device, ctx.loss_fn)
+    # the first batch pays for starting workers: timed_pass leaves it (and its step) out
+    timed = timed_pass(ctx.train_loader(), LOADER_SECONDS, step, device, min_batches=3, max_batches=LOADER_BATCHES)
+    if timed.batches == 0:
+        findings.append(ok("the training loader gives no batch to time"))
         return merge(findings)
+    n = timed.batches
+    wait, compute = timed.wait_s, max(timed.seconds - timed.wait_s, 0.0)
     share = wait / max(wait + compute, 1e-12)
     seen = (
-        f"waiting on data {share:.0%} of each step ({1e3 * wait / timed:.1f} ms data, {1e3 * compute / timed:.1f} ms compute per batch, "
+        f"waiting on data {share:.0%} of each step ({1e3 * wait / n:.1f} ms data, {1e3 * compute / n:.1f} ms compute per batch, "
         f"loader.num_workers={workers}, {cpus} CPUs)"
     )
-    findings.append(Finding(PASS, "", measured={"data_share": share, "data_ms": 1e3 * wait / timed, "compute_ms": 1e3 * compute / timed}))
+    findings.append(Finding(PASS, "", measured={"data_share": share, "data_ms": 1e3 * wait / n, "compute_ms": 1e3 * compute / n}))
     if share >= DATA_BOUND_FRACTION:
         fix = "data-bound: run `trainyard tune-workers` to measure loader.num_workers"
         if workers == 0 and cpus > 1:
@@ -212,7 +273,7 @@ def trainer_set_epoch_calls(ctx: Context) -> list[int]:
     calls: list[int] = []
     ctx.seed()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, ctx.strategy, ctx.data, ctx.fresh_model(), Path(tmp), None)
+        trainer = Trainer(cfg, ctx.strategy, ctx.data, ctx.fresh_model(), Path(tmp), None, task=ctx.task)
         real = trainer.train_sampler.set_epoch
 
         def spy(epoch: int) -> None:
@@ -245,7 +306,7 @@ def batches(ctx: Context) -> Finding:
     if full == 0:
         return warn(f"loader.batch_size={b} > {where}: an epoch is one partial batch of {per_rank}", "lower loader.batch_size (one step per epoch trains slowly)")
     seen = f"{where}, batch {b}: {full} full batches" + (f" + one of {rest}" if rest else "") + " (drop_last=false: nothing dropped)"
-    norms = [m for m in ctx.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in ctx.model.modules() if isinstance(m, BATCH_NORM_LAYERS)]
     if rest == 1 and norms:
         return warn(seen + ": the last batch holds 1 sample and the model has batch norm", "set loader.drop_last=true (batch norm cannot normalise one sample)")
     return ok(seen)

@@ -10,13 +10,18 @@ import torch
 from torch import nn
 
 from trainyard.doctor import Finding, fail, merge, ok, warn
-from trainyard.doctor.context import Context, describe, fmt, take
+from trainyard.doctor.context import BATCH_NORM_LAYERS, DROPOUT_LAYERS, Context, describe, fmt, take
+from trainyard.doctor.data_checks import TARGET_SCALE_WARN
+from trainyard.tasks import output_logits, output_loss
 
 OVERFIT_STEPS = 50
 OVERFIT_SAMPLES = 64  # the one batch the model must memorise
 OVERFIT_DROP = 0.9  # the loss must fall at least this much
-INIT_LOSS_WARN = 3.0  # initial loss above this many times ln(num_classes) is suspicious
-MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+INIT_LOSS_WARN = 3.0  # initial loss above this many times chance is suspicious
+# Regression: an initial loss this many times that of predicting the mean. Looser: a model predicting ~0 pays
+# mean^2 + var, and the head's bias learns that offset within a few steps; this flags targets far off scale.
+INIT_LOSS_WARN_REGRESSION = 10.0
+MODE_LAYERS = DROPOUT_LAYERS + BATCH_NORM_LAYERS
 LR_STEPS_PER_DECADE = 10
 LR_MAX_STEPS = 100
 LR_SMOOTHING = 0.7  # weight of the running loss in the range test's smoothed curve
@@ -24,9 +29,10 @@ LR_DIVERGED = 4.0  # the range test stops when the smoothed loss exceeds this mu
 
 
 def forward(ctx: Context) -> Finding:
-    """2. One forward pass on a real batch: the input fits the model, logits are (batch, num_classes)."""
+    """2. One forward pass on a real batch: the input fits the model, the output fits the task's targets,
+    and the initial loss against chance (or, for regression, against predicting the mean)."""
     x, y = ctx.batch
-    k = ctx.data.info.num_classes
+    task = ctx.task
     model = ctx.fresh_model()
     info = ctx.data.info
     expects = f"data gives in_channels={info.in_channels}, image_size={info.image_size}" if info.kind == "image" else f"data kind {info.kind}"
@@ -36,18 +42,49 @@ def forward(ctx: Context) -> Finding:
     except Exception as exc:  # noqa: BLE001
         text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
         return fail(f"the model fails on a real batch {describe(x)}: {type(exc).__name__}: {text}", f"make the model's input layer match the batch ({expects}, model.name={ctx.cfg.model.name})")
-    if not isinstance(out, torch.Tensor):
-        return fail(f"the model returns {type(out).__name__} for a batch {describe(x)}", "return a logits tensor of shape (batch, num_classes)")
-    if tuple(out.shape) != (len(y), k):
-        return fail(f"batch {describe(x)} -> output {tuple(out.shape)}, expected ({len(y)}, {k}): one logit per class", f"the classifier's out_features must equal the data's num_classes ({k})")
-    loss = ctx.loss_fn(out.float(), y).item()
-    chance = math.log(k)
-    seen = f"batch {describe(x)} -> logits {tuple(out.shape)}; initial loss {loss:.3f} (chance ln {k} = {chance:.3f})"
+    logits, own = output_logits(out), output_loss(out)
+    if logits is None and own is None:
+        return fail(f"batch {describe(x)} -> {describe(out)}: no predictions and no loss in the output", "return a tensor of predictions, or a dict with 'logits' (and 'loss' if the model computes its own)")
+    if logits is not None:
+        why = task.check_output(logits, y)
+        if why:
+            width = task.num_outputs()
+            head = f"{width} per sample" if width is not None else "what the targets need"
+            return fail(f"batch {describe(x)} -> {why}", f"make the model's last layer output {head} (task.name={ctx.cfg.task.name}; a model built by name gets it as num_outputs)")
+    loss = ctx.loss(out, y).item()
+    got = f"{'logits' if task.targets != 'value' else 'predictions'} {tuple(logits.shape)}" if logits is not None else "its own loss"
+    seen = f"batch {describe(x)} -> {got}; initial loss {loss:.4g}"
     if not math.isfinite(loss):
-        return fail(seen, "the first forward pass already gives a non-finite loss: see the inputs check")
-    if loss > INIT_LOSS_WARN * chance:
+        return fail(seen, "the first forward pass already gives a non-finite loss: see the inputs and labels checks")
+    baseline = _baseline(ctx, logits, y) if own is None and logits is not None else None
+    if baseline is None:
+        return ok(seen)
+    value, what = baseline
+    seen += f" ({what} = {value:.4g})"
+    regression = task.targets == "value"
+    if value > 0 and loss > (INIT_LOSS_WARN_REGRESSION if regression else INIT_LOSS_WARN) * value:
+        if regression:
+            return warn(seen + ": far above predicting the mean", "the initial predictions are far off the targets' scale: standardise the targets (see the labels check)")
         return warn(seen + ": far above chance", "confidently wrong at initialisation: scale down the last layer's initial weights, check the input scale")
     return ok(seen)
+
+
+def _baseline(ctx: Context, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, str] | None:
+    """What the initial loss compares with, where that means something: ln K for cross-entropy over K
+    classes, ln 2 per label for binary cross-entropy, the loss of predicting the batch's mean target for
+    regression; None for a loss of the user's (task.loss), whose chance level is unknown."""
+    task, t = ctx.task, ctx.cfg.task
+    if task.targets == "value":
+        mean = y.float().mean(0, keepdim=True).expand(y.shape)
+        return ctx.loss(mean.reshape(logits.shape).to(logits.dtype).contiguous(), y).item(), "predicting the mean"
+    if t.loss is not None or t.loss_args:
+        return None  # another loss, or weights (pos_weight, label_smoothing): chance is not ln K
+    if task.targets == "class" and task.default_loss == "CrossEntropyLoss" and ctx.data.info.num_classes:
+        k = ctx.data.info.num_classes
+        return math.log(k), f"chance ln {k}"
+    if task.targets in ("binary", "labels") and task.default_loss == "BCEWithLogitsLoss":
+        return math.log(2), "chance ln 2" + (" per label" if task.targets == "labels" else "")
+    return None
 
 
 def _grads(model: nn.Module) -> tuple[list[str], list[str], list[str], int]:
@@ -85,7 +122,7 @@ def overfit(ctx: Context) -> Finding:
     losses: list[float] = []
     no_grad = None
     for step in range(OVERFIT_STEPS):
-        loss = ctx.loss_fn(model(x).float(), y)
+        loss = ctx.loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         if not loss.requires_grad:
             return fail("the loss has no graph (requires_grad=False): nothing can train", "the forward pass is detached: look for .detach(), .item(), .data, .numpy() or torch.no_grad() in the model")
@@ -113,6 +150,10 @@ def overfit(ctx: Context) -> Finding:
         causes.append(f"the loss rose: optim.lr={fmt(cfg.optim.lr)} is probably too high")
     elif cfg.optim.lr < 1e-4:
         causes.append(f"optim.lr={fmt(cfg.optim.lr)} is very small")
+    if ctx.task.targets == "value":
+        scale = max(abs(y.float().mean().item()), y.float().std().item() if y.numel() > 1 else 0.0)
+        if scale > TARGET_SCALE_WARN:
+            causes.insert(0, f"the targets are on a scale of ~{fmt(scale)}: standardise them (see the labels check)")
     if not causes:
         causes.append("check optim.lr (see the lr check), that labels belong to their inputs, frozen layers, and the model's capacity")
     make = warn if drop >= 0.5 and math.isfinite(final) else fail
@@ -124,7 +165,7 @@ def gradients(ctx: Context) -> Finding:
     x, y = ctx.batch
     ctx.seed()
     model = ctx.fresh_model()
-    loss = ctx.loss_fn(model(x).float(), y)
+    loss = ctx.loss(model(x), y)
     if not loss.requires_grad:
         return fail("the loss has no graph (requires_grad=False)", "the forward pass is detached or every parameter is frozen")
     loss.backward()
@@ -154,15 +195,17 @@ def modes(ctx: Context) -> Finding:
 
     x, y = ctx.batch
     model = ctx.fresh_model()
-    layers = [m for m in model.modules() if isinstance(m, MODE_LAYERS) and not (isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0)]
+    layers = [m for m in model.modules() if isinstance(m, MODE_LAYERS) and not (isinstance(m, DROPOUT_LAYERS) and m.p == 0)]
     kinds = sorted({type(m).__name__ for m in layers})
     findings: list[Finding] = []
     with torch.no_grad():
         model.eval()
-        e1, e2 = model(x), model(x)
+        e1, e2 = _compared(model(x)), _compared(model(x))
         ctx.seed()
         model.train()  # batch norm updates running stats here: a copy, never the run's model
-        t = model(x)
+        t = _compared(model(x))
+    if e1 is None:
+        return fail("the model's output holds no predictions and no loss to compare between modes", "see the forward check")
     if not torch.allclose(e1, e2):
         findings.append(fail("eval mode gives different outputs for the same batch", "a layer stays random in eval mode: F.dropout(x, p) needs training=self.training, or use nn.Dropout"))
     differs = not torch.allclose(e1, t, rtol=1e-4, atol=1e-5)
@@ -174,7 +217,7 @@ def modes(ctx: Context) -> Finding:
     hooks = [m.register_forward_pre_hook(lambda m, args: seen_training.append(m.training)) for m in layers]
     try:
         model.train()
-        evaluate(model, [(x, y)], ctx.strategy, prefix="doctor", num_classes=ctx.data.info.num_classes, loss_fn=ctx.loss_fn, autocast=contextlib.nullcontext)
+        evaluate(model, [(x, y)], ctx.strategy, prefix="doctor", task=ctx.task, autocast=contextlib.nullcontext)
     finally:
         for h in hooks:
             h.remove()
@@ -186,6 +229,13 @@ def modes(ctx: Context) -> Finding:
         what = f"{', '.join(kinds)}: train and eval outputs differ as they should" if layers else "no dropout or batch norm: the modes give the same outputs"
         return ok(f"{what}; eval mode is deterministic; evaluation runs in eval mode and training resumes in train mode")
     return merge(findings)
+
+
+def _compared(out) -> torch.Tensor | None:
+    """What the modes check compares: the predictions, or the model's own loss when it gives only that."""
+    found = output_logits(out)
+    found = output_loss(out) if found is None else found
+    return found.float() if found is not None else None
 
 
 def lr_range(ctx: Context) -> Finding:
@@ -208,7 +258,7 @@ def lr_range(ctx: Context) -> Finding:
         for group in optimizer.param_groups:
             group["lr"] = rate
         x, y = batches[i % len(batches)]
-        loss = ctx.loss_fn(model(x).float(), y)
+        loss = ctx.loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
