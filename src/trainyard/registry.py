@@ -73,6 +73,9 @@ def qualified_name(obj: Any) -> str | None:
     return f"{module}:{qual}"
 
 
+NO_DEFAULT = object()
+
+
 @dataclass(frozen=True)
 class Entry:
     target: Any  # "module:object", or the object itself
@@ -120,7 +123,14 @@ class Registry(MutableMapping):
     def known(self) -> list[str]:
         return self.names() + (self._fallback_names() if self._fallback_names else [])
 
-    def get(self, spec: Any, key: str | None = None) -> Any:  # type: ignore[override]
+    def get(self, spec: Any, default: Any = NO_DEFAULT, *, key: str | None = None) -> Any:  # type: ignore[override]
+        """With a default, a plain mapping's ``get`` (the registered target, or the default: what
+        ``monkeypatch.setitem`` relies on). Without one, :meth:`resolve`."""
+        if default is not NO_DEFAULT:
+            return self[spec] if spec in self._entries else default
+        return self.resolve(spec, key)
+
+    def resolve(self, spec: Any, key: str | None = None) -> Any:
         """The object a built-in name, a fallback name or an import path stands for."""
         key = key or self.key
         if not isinstance(spec, str):

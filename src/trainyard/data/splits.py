@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any, Callable, Sequence
 
 import torch
@@ -64,9 +63,6 @@ class TensorPairs(Dataset):
         return self.inputs[i], self.labels[i]
 
 
-MAX_LABELS = 100_000  # labels read one by one beyond this are sampled
-
-
 def base_and_indices(dataset: Any) -> tuple[Any, list[int]]:
     """Look through index views (TransformedSubset, torch Subset): the underlying dataset and the indices into it."""
     indices: list[int] | None = None
@@ -75,17 +71,3 @@ def base_and_indices(dataset: Any) -> tuple[Any, list[int]]:
         indices = own if indices is None else [own[i] for i in indices]
         dataset = dataset.base if hasattr(dataset, "base") else dataset.dataset
     return dataset, list(range(len(dataset))) if indices is None else indices
-
-
-def labels_of(dataset: Any, known: Any = None) -> tuple[torch.Tensor, bool]:
-    if known is not None:
-        return torch.as_tensor(known), False
-    base, indices = base_and_indices(dataset)
-    for attr in ("labels", "targets"):
-        table = getattr(base, attr, None)
-        if table is not None and not callable(table) and len(table) == len(base):
-            return torch.as_tensor(table)[indices], False
-    sampled = len(indices) > MAX_LABELS
-    if sampled:
-        indices = random.Random(0).sample(indices, MAX_LABELS)
-    return torch.as_tensor([base[j][1] for j in indices]), sampled

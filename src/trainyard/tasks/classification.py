@@ -87,7 +87,7 @@ class Binary(Classification):
         return None
 
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
-        if targets.ndim > 1:
+        if targets.ndim > 1 and not (targets.ndim == 2 and targets.shape[1] == 1):  # (N, 1) is one value per sample too
             raise DataError(f"{where}: targets are vectors of {targets.shape[-1]}, but task=binary takes one 0/1 value per sample; use task=multilabel")
         t = targets.float()
         if bool(((t < 0) | (t > 1)).any()):
@@ -141,8 +141,9 @@ class Multilabel(Task):
 
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
         if targets.ndim < 2:
-            raise DataError(f"{where}: targets are class ids (e.g. {_example(targets)}), but task=multilabel takes a 0/1 vector per sample; "
-                            "for one class per sample use task=classification")
+            what = "class ids" if not targets.is_floating_point() or torch.equal(targets, targets.round()) else "one number per sample"
+            raise DataError(f"{where}: targets are {what} (e.g. {_example(targets)}), but task=multilabel takes a 0/1 vector per sample; "
+                            "for one class per sample use task=classification (task=binary for one yes/no value)")
         t = targets.float()
         if bool(((t != 0) & (t != 1)).any()):
             raise DataError(f"{where}: targets hold values other than 0 and 1 (e.g. {_example(t[(t != 0) & (t != 1)])}); task=multilabel takes 0/1 label vectors")

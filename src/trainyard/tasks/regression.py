@@ -37,6 +37,14 @@ class Regression(Task):
             return f"output {tuple(out.shape)} for targets {tuple(y.shape)}: task=regression needs one value per target, {tuple(y.shape)}"
         return None
 
+    def check_targets(self, targets: torch.Tensor, where: str) -> None:
+        from trainyard.errors import DataError
+
+        t = targets.float()
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise DataError(f"{where}: {bad} of {t.numel()} target values are NaN or infinite; drop or impute those samples (one makes the loss NaN)")
+
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
         targets = targets.to(outputs.device)
         return outputs.reshape(targets.shape).float().sub_(targets).abs_().sum(), targets.numel()
