@@ -410,8 +410,9 @@ def test_labels_user_regression_dataset(tmp_path):
 
 def test_labels_regression_nan_targets_fail(tmp_path):
     f = doctor(tmp_path, f"data.dataset={HERE}:regression_nan_targets", "task.name=regression", "model.name=mlp", only=["labels"])["labels"]
-    assert f.status == FAIL and " NaN and 0 Inf values in 144 training targets" in f.saw, f.saw
-    assert "makes the loss NaN" in f.fix
+    # the task's own target check stops it as the data is read (the run would stop the same way)
+    assert f.status == FAIL and "20 of 200 target values are NaN or infinite" in f.saw, f.saw
+    assert "makes the loss NaN" in f.saw
 
 
 def test_labels_regression_far_from_scale_one_warns(tmp_path):

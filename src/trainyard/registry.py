@@ -9,6 +9,7 @@ the config key, says what went wrong and lists what is known (with the closest n
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import os
 import sys
@@ -179,8 +180,9 @@ def call_with(factory: Callable, key: str, args: dict | None = None, facts: dict
         unknown = [a for a in args if a not in named and not takes_any]
         if unknown:
             raise ConfigError(f"{key}: {signature_text(factory)} takes no argument {', '.join(map(repr, unknown))}{hint(unknown[0], named)}")
+        bound = set(factory.keywords) if isinstance(factory, functools.partial) else set()  # what a partial already says wins
         for name, value in (facts or {}).items():
-            if name in named and name not in args and value is not None:
+            if name in named and name not in args and name not in bound and value is not None:
                 args[name] = value
         missing = [p.name for p in params if p.kind in by_name and p.default is inspect.Parameter.empty and p.name not in args]
         if missing:

@@ -248,6 +248,9 @@ def load(run: str | Path, which: str = "best", model: nn.Module | None = None, m
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200]
-        raise CheckpointError(f"checkpoint {path}: does not fit {type(model).__name__} ({first})") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines()[1:] if line.strip()]  # the first only says "Error(s) in loading"
+        shown = "; ".join(lines)[:400] or str(exc).strip()[:200]
+        raise CheckpointError(
+            f"checkpoint {path}: does not fit {type(model).__name__} ({shown}); pass model= built with the run's arguments"
+        ) from None
     return model.eval()

@@ -119,6 +119,9 @@ class Histograms(Callback):
             trainer.tracker.log_histograms(trainer.strategy.unwrap(trainer.model), trainer.step)
 
 
+MIN_WAIT_S = 0.25  # seconds of waiting in an epoch below which the share waited is not worth a warning
+
+
 class DataWaitWarning(Callback):
     """Once per run, on the primary: most of an epoch went to waiting for batches."""
 
@@ -129,14 +132,19 @@ class DataWaitWarning(Callback):
         from trainyard.data.workers import DATA_BOUND
 
         fraction = metrics.get("perf/data_wait_fraction", 0.0)
-        if self.warned or fraction <= DATA_BOUND or not trainer.is_primary:
+        # an epoch of a few milliseconds "waits" for its first batch most of the time: noise, not a finding
+        if self.warned or fraction <= DATA_BOUND or trainer.last_epoch_wait_s < MIN_WAIT_S or not trainer.is_primary:
             return
         self.warned = True
         lc = trainer.loader_cfg
         pin = ", loader.pin_memory=true" if trainer.device.type == "cuda" and lc.pin_memory is False else ""
+        if trainer.cfg.data.dataset == "python":  # trainyard.fit(): no YAML for tune-workers to measure and write
+            fix = f"more workers (config={{'loader.num_workers': {max(2, lc.num_workers * 2)}}}){pin}, or a lighter Dataset.__getitem__"
+        else:
+            fix = f"`trainyard tune-workers RUN.yaml --write`{pin}, or a lighter data.train_transforms"
         print(
             f"trainyard: warning: data-bound: {fraction:.0%} of epoch {trainer.epoch} went to waiting for batches "
-            f"(loader.num_workers={lc.num_workers}); fix: `trainyard tune-workers RUN.yaml --write`{pin}, or a lighter data.train_transforms",
+            f"(loader.num_workers={lc.num_workers}); fix: {fix}",
             file=sys.stderr, flush=True,
         )
 

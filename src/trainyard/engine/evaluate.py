@@ -41,6 +41,7 @@ def evaluate(
     criterion = task.criterion
     was_training = model.training
     model.eval()
+    saw_output = saw_logits = False
     try:
         for x, y in loader:
             x = move(x, device)
@@ -49,11 +50,13 @@ def evaluate(
             if out is None:  # a pipeline stage that holds no output
                 continue
             logits = output_logits(out)
+            saw_output, saw_logits = True, saw_logits or logits is not None
             y = y.to((logits if logits is not None else loss_metric.mean_value).device, non_blocking=True)
             if logits is not None:
                 logits = logits.float()
             # a plain tensor is the logits (in float32 for the loss); anything else may hold the model's own loss
-            loss_metric.update(criterion(logits if out.__class__ is torch.Tensor else out, y).float(), weight=len(y))
+            plain = out.__class__ is torch.Tensor and logits is not None
+            loss_metric.update(criterion(logits if plain else out, y).float(), weight=len(y))
             if logits is not None:
                 if metrics:
                     preds, target = task.metric_inputs(logits, y)
@@ -64,6 +67,8 @@ def evaluate(
     finally:
         model.train(was_training)
     values = {f"{prefix}/loss": float(loss_metric.compute())}
+    if saw_output and not saw_logits:
+        metrics = {}  # the model returns only its loss: nothing to score (every rank alike, so no collective is skipped on one alone)
     for name, metric in metrics.items():
         value = metric.compute()
         if isinstance(value, torch.Tensor) and value.numel() > 1:  # average="none": one value per class

@@ -87,8 +87,8 @@ class RunningTotals:
         held, self._held, self._summed = self._held, [], 0
         outputs = []
         for _, labels, out in held:
-            if out is not None and out.__class__ is not torch.Tensor:
-                out = output_logits(out)  # a dict or an object from a model that computes its own loss
+            if out is not None and (out.__class__ is not torch.Tensor or out.ndim == 0):
+                out = output_logits(out)  # a dict, an object or a scalar loss from a model that computes its own loss
             if out is not None:
                 outputs.append((out, labels))
         if not outputs or self.stat is None:  # a pipeline stage before the last: only the references to drop, now and then

@@ -113,6 +113,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self._stop_signal: int | None = None
         self._first_batch_logged = False
+        self.last_epoch_wait_s = 0.0  # seconds the last epoch waited for batches
         self.history: list[dict[str, float]] = []
 
     @property
@@ -272,6 +273,12 @@ class Trainer:
         return self.cfg.trainer.max_steps is not None and self.step >= self.cfg.trainer.max_steps
 
     def _update_best(self, metrics: dict[str, float]) -> bool:
+        if self.monitor not in metrics and self.best is None and self.cfg.trainer.monitor == "auto":
+            # e.g. a model that returns only its loss has no accuracy to monitor: its loss picks best.pt
+            fallback = "val/loss" if "val/loss" in metrics else "train/loss"
+            if self.is_primary:
+                print(f"trainyard: {self.monitor} is not reported (the model returns no predictions); monitoring {fallback}", file=sys.stderr, flush=True)
+            self.monitor, self.mode = fallback, "min"
         value = metrics.get(self.monitor)
         if value is None or not math.isfinite(value):
             self.bad_epochs += 1
@@ -389,6 +396,7 @@ class Trainer:
         if task.train_metric and stat_count:
             metrics[f"train/{task.train_metric}"] = stat_total / stat_count
         metrics["perf/data_wait_fraction"] = min(wait / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
+        self.last_epoch_wait_s = wait
         return metrics
 
     def _progress(self, total: int):
