@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from trainyard.config import load_config  # noqa: E402
 from trainyard.data import DATASETS, DataBundle, DataInfo, build_data  # noqa: E402
-from trainyard.data.workers import _timed_pass, _train_step, candidates, cpu_count, measure_workers  # noqa: E402
+from trainyard.data.workers import cpu_count  # noqa: E402
+from trainyard.tools.workers import _timed_pass, _train_step, candidates, measure_workers  # noqa: E402
 
 AUGMENT = [{"RandomCrop": {"size": 32, "padding": 4}}, "RandomHorizontalFlip", {"ColorJitter": {"brightness": 0.2, "contrast": 0.2}}]
 CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)

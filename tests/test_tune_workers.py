@@ -11,7 +11,8 @@ import yaml
 from conftest import run_cli
 from trainyard.commands.workers import write_num_workers
 from trainyard.config import load_config
-from trainyard.data.workers import Measurement, Tuning, candidates, measure_workers, resolve_auto, store_num_workers, timed_pass
+from trainyard.data.workers import resolve_auto, store_num_workers
+from trainyard.tools.workers import Measurement, Tuning, candidates, measure_workers, timed_pass
 from trainyard.errors import ConfigError
 
 

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--only", action="append", metavar="CHECK[,CHECK]", help="run only these checks (labels, forward, inputs, overfit, ..., lr)")
     p.add_argument("--skip", action="append", metavar="CHECK[,CHECK]", help="skip these checks")
-    p.set_defaults(handler="trainyard.doctor:main")
+    p.set_defaults(handler="trainyard.commands.doctor:main")
 
     p = sub.add_parser("runs", help="a table of runs")
     p.add_argument("root", nargs="?", default=None, help="runs folder (default: track.root, runs)")

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # lowest first; a module may import its own layer and the ones before it
 LAYERS = [
     "errors", "devices", "config", "registry", "tasks", "data", "models", "track", "parallel", "engine",
-    "doctor", "tools", "runs", "commands", "cli", "__main__",
+    "tools", "doctor", "runs", "commands", "cli", "__main__",
 ]
 
 

@@ -15,7 +15,8 @@ from trainyard.errors import ConfigError
 
 
 def tune_workers(args: argparse.Namespace) -> int:
-    from trainyard.data.workers import DATA_BOUND, Measurement, measure_workers, store_num_workers
+    from trainyard.data.workers import DATA_BOUND, store_num_workers
+    from trainyard.tools.workers import Measurement, measure_workers
 
     path, _ = split_config_args(args.overrides)
     if args.write and path is None:

@@ -8,7 +8,6 @@ check, never a traceback. ``trainyard train --doctor`` runs the same checks and 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import time
@@ -141,17 +140,4 @@ def run_doctor(cfg: RunConfig, only: Iterable[str] | None = None, skip: Iterable
     return all(f.status != FAIL for f in findings)
 
 
-def _names(values: list[str] | None) -> list[str]:
-    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
-
-
-def main(args: argparse.Namespace) -> int:
-    """``trainyard doctor [RUN.yaml] [overrides] [--only a,b] [--skip c]``: exit 1 on any FAIL."""
-    from trainyard.commands import resolve
-
-    cfg = resolve(args)
-    only, skip = _names(getattr(args, "only", None)), _names(getattr(args, "skip", None))
-    return 0 if run_doctor(cfg, only, skip) else 1
-
-
-__all__ = ["CHECKS", "Finding", "PASS", "WARN", "FAIL", "ok", "warn", "fail", "merge", "run_check", "run_checks", "run_doctor", "main", "select"]
+__all__ = ["CHECKS", "Finding", "PASS", "WARN", "FAIL", "ok", "warn", "fail", "merge", "run_check", "run_checks", "run_doctor", "select"]

@@ -177,7 +177,8 @@ def inputs(ctx: Context) -> Finding:
 
 def loader(ctx: Context) -> Finding:
     """7. Data time against compute time per step; num_workers against the CPUs; pin_memory without CUDA."""
-    from trainyard.data.workers import cpu_count, resolve_auto, timed_pass, train_step
+    from trainyard.data.workers import cpu_count, resolve_auto
+    from trainyard.tools.workers import timed_pass, train_step
 
     cfg, device = ctx.cfg, ctx.device
     workers, cpus = resolve_auto(cfg)[0], cpu_count()
