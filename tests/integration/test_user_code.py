@@ -387,11 +387,8 @@ def test_model_returning_only_a_scalar_loss_trains_without_a_task_loss(tmp_path)
     assert final_of(tmp_path / "scalar")["train/loss"] == pytest.approx(final_of(tmp_path / "task_loss")["train/loss"], rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: engine/evaluate.py evaluate() hands the criterion output_logits(out) whenever out is a plain tensor, which is "
-    "None for a 0-dim loss, so validating a model that returns only its loss fails with 'the model's output holds no "
-    "loss and no logits' after the first training epoch"))
 def test_model_returning_only_a_scalar_loss_is_validated_and_tested(tmp_path):
+    """With validation and test splits: evaluation takes the scalar as the loss and scores no metrics without predictions."""
     assert main(["train", f"track.root={tmp_path}", *OWN_LOSS, *SPLIT, "name=task_loss", *TASK_LOSS]) == 0
     assert main(["train", f"track.root={tmp_path}", *OWN_LOSS, *SPLIT, "name=scalar", *SCALAR]) == 0
     assert_close_weights(weights(tmp_path / "scalar"), weights(tmp_path / "task_loss"), atol=1e-6)
