@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,10 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed)  # the same initial weights on every rank
         parts = parts or UserParts()
+        if parts.model is not None and strategy.processes > 1:
+            # A spawned process's model arrived through torch.multiprocessing, whose pickling puts CPU tensors in
+            # shared memory: every rank (and the caller) would hold the same parameters, each step applied N times.
+            parts = dataclasses.replace(parts, model=copy.deepcopy(parts.model))
         data = build_data(cfg, run_dir=Path(resume) if resume is not None else None, datasets=parts.datasets)
         if parts.collate_fn is not None:
             data.collate_fn = parts.collate_fn
