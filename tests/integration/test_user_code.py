@@ -196,10 +196,6 @@ def test_user_model_under_ddp_equals_one_process_of_the_doubled_batch(tmp_path, 
     assert_close_weights(state["model"], weights(single_of_34), atol=1e-5)  # plain module keys, no "module." prefix
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: trainyard.fit(model_instance) under ddp on CPU hands the ranks one shared-memory copy of the parameters "
-    "(torch.multiprocessing pickles tensors into shared memory), so every rank's optimizer step lands on the same "
-    "tensors: each update is applied twice, and the caller's model is changed too"))
 @pytest.mark.timeout(240)
 def test_fit_under_ddp_from_a_script_equals_one_process_of_the_doubled_batch(tmp_path, single_of_34):
     script = tmp_path / "fit_ddp.py"
