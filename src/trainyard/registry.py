@@ -156,7 +156,8 @@ def signature_text(factory: Callable) -> str:
     import inspect
 
     try:
-        return f"{getattr(factory, '__name__', type(factory).__name__)}{inspect.signature(factory)}"
+        shown = inspect.signature(factory).replace(return_annotation=inspect.Signature.empty)  # no "-> None"
+        return f"{getattr(factory, '__name__', type(factory).__name__)}{shown}"
     except (TypeError, ValueError):
         return getattr(factory, "__name__", repr(factory))
 
