@@ -1,6 +1,5 @@
 """A user's own CNN and MNIST loader, trained by `trainyard train run.yaml` from this folder."""
 
-import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST

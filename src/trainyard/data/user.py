@@ -175,4 +175,4 @@ def check_python_dataset(obj: Any, name: str) -> None:
         raise ConfigError(f"trainyard.fit({name}=...): {_describe(obj)} is not a map-style Dataset")
 
 
-__all__ = ["Dataset", "diabetes", "from_splits", "targets_of", "check_item"]
+__all__ = ["Dataset", "check_item", "check_python_dataset", "diabetes", "from_splits", "targets_of"]

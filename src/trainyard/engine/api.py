@@ -184,6 +184,8 @@ def fit(
         raise ConfigError(f"trainyard.fit(model=...): {type(model).__name__}; give an nn.Module, or a model name or import path")
     if task is not None:
         cfg.task.name = _name_of(task, "python")
+    if isinstance(metrics, (list, tuple)) and all(isinstance(m, (str, dict)) for m in metrics):
+        cfg.task.metrics, metrics = list(metrics), None  # names: recorded in config.yaml like a config run's
     if isinstance(loss, str):
         cfg.task.loss, loss = loss, None
     elif loss is not None:
@@ -200,8 +202,6 @@ def fit(
         model=parts_model, datasets=datasets, task=None if isinstance(task, str) else task, loss=loss, metrics=metrics,
         optimizer=optimizer, scheduler=scheduler, callbacks=list(callbacks or []),
     )
-    if isinstance(task, str):
-        cfg.task.name = task
     parts.collate_fn = collate_fn
     if resume is None and cfg.name is None:
         cfg.name = fresh_name(cfg.track.root)  # so the caller learns the folder, whichever process creates it

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from trainyard.errors import ConfigError, DataError
+from trainyard.errors import ConfigError
 from trainyard.registry import Registry, call_with, hint, import_object, is_import_path, signature_text
 
 Criterion = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -256,11 +256,6 @@ class Task:
         ``reduce(strategy)`` (collective) and ``pictures() -> [(tag, kind, data)]``, kinds as in
         ``trainyard.track.figures.render``."""
         return None
-
-
-def qualified(task: Task | type) -> str:
-    cls = task if isinstance(task, type) else type(task)
-    return cls.name if cls.__module__.startswith("trainyard.tasks") else f"{cls.__module__}:{cls.__qualname__}"
 
 
 TASKS = Registry("task", "task.name")
