@@ -152,6 +152,9 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
     except Interrupted:
         status = "interrupted"
         raise
+    except Exception as exc:
+        status = getattr(exc, "run_status", "failed")  # an error may say what the run became (e.g. diverged)
+        raise
     finally:
         if tracker is not None:
             tracker.close(status)
