@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -12,14 +11,14 @@ from torch import nn
 
 from trainyard.config import RunConfig, suggest
 from trainyard.errors import ConfigError
+from trainyard.registry import Registry, is_import_path
 
 FLUSH_SECS = 10  # at most this long between a logged value and its appearance on disk (SummaryWriter's default: 120)
 
-# backend name -> "module:class"
-BACKENDS: dict[str, str] = {
-    "tensorboard": "trainyard.track.tensorboard:TensorBoardTracker",
-    "wandb": "trainyard.track.wandb:WandbTracker",
-}
+# track.backends: these names, or the import path of a Tracker subclass of the user's, built as cls(cfg, run_dir, resume_step=...)
+BACKENDS = Registry("tracker", "track.backends")
+BACKENDS.register("tensorboard", "trainyard.track.tensorboard:TensorBoardTracker", "event files for TensorBoard")
+BACKENDS.register("wandb", "trainyard.track.wandb:WandbTracker", "Weights & Biases (extra: pip install 'trainyard[wandb]')")
 
 
 class Tracker:
@@ -124,8 +123,12 @@ class Trackers(Tracker):
 
 def check_backends(names: list) -> None:
     for name in names:
+        if name not in BACKENDS and not is_import_path(name):
+            raise ConfigError(f"track.backends: unknown backend {name!r}; allowed: {', '.join(BACKENDS)}, or the import path of a Tracker subclass{suggest(str(name), BACKENDS)}")
         if name not in BACKENDS:
-            raise ConfigError(f"track.backends: unknown backend {name!r}; allowed: {', '.join(BACKENDS)}{suggest(str(name), BACKENDS)}")
+            cls = BACKENDS.resolve(name, key=f"track.backends: {name}")
+            if not (isinstance(cls, type) and issubclass(cls, Tracker)):
+                raise ConfigError(f"track.backends: {name} is not a trainyard.track.Tracker subclass")
     if "wandb" in names:
         from trainyard.track.wandb import import_wandb
 
@@ -140,6 +143,5 @@ def build_trackers(cfg: RunConfig, run_dir: Path, *, resume_step: int | None = N
     check_backends(cfg.track.backends)
     trackers: list[Tracker] = [JsonlTracker(run_dir), MediaTracker(run_dir)]
     for name in cfg.track.backends:
-        module, cls = BACKENDS[name].split(":")
-        trackers.append(getattr(importlib.import_module(module), cls)(cfg, run_dir, resume_step=resume_step))
+        trackers.append(BACKENDS.resolve(name, key=f"track.backends: {name}")(cfg, run_dir, resume_step=resume_step))
     return Trackers(trackers)
