@@ -11,15 +11,20 @@ from trainyard.errors import ConfigError
 
 
 def runs(args: argparse.Namespace) -> int:
+    """The runs under a folder as one table. A run whose files cannot be read is listed as ``unreadable``,
+    with the reason on a note line, and never hides the others."""
     from trainyard.runs.table import find_runs, format_table, load_run, runs_table
 
     root = Path(args.root or "runs")
-    found = [load_run(p, root) for p in find_runs(root)]
+    found = [load_run(p, root, tolerant=True) for p in find_runs(root)]
     if not found:
         print(f"no runs in {root}")
         return 0
     headers, rows = runs_table(found, sort=args.sort, reverse=args.reverse)
-    print(format_table(headers, rows))
+    print(format_table(headers, rows), flush=True)
+    for run in found:
+        if run.problem:
+            print(f"note: {run.name}: unreadable: {run.problem}", file=sys.stderr)
     return 0
 
 

@@ -3,16 +3,23 @@ to continue exactly (model, optimizer, scheduler, scaler, counters, RNG states, 
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from trainyard.errors import CheckpointError
 
@@ -55,20 +62,73 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             tmp.unlink()
 
 
-def link_checkpoint(source: Path, target: Path) -> None:
-    """``target`` becomes the same checkpoint as ``source`` without writing it twice: a hard link (a copy where
-    links are not supported), swapped in atomically. A later save of ``source`` replaces its file, not ``target``'s."""
+def link_checkpoint(source: Path, target: Path) -> str:
+    """``target`` becomes an independent file holding the same checkpoint as ``source``, swapped in atomically
+    (a temporary file beside it, fsynced, then renamed over it: a kill mid-way leaves the old ``target`` whole).
+
+    Independent: writing into either file in place (``cp backup.pt last.pt``) leaves the other as it was, and
+    a later save of ``source`` replaces its own file only. Neither a hard link nor a symlink keeps that promise
+    (``cp`` writes through both into the one shared file), so the bytes are shared only copy-on-write:
+
+    - ``clone``: a reflink (Linux ``ioctl(FICLONE)``; btrfs, XFS with reflink, bcachefs, ZFS 2.2+, overlayfs
+      over one of these): the two files share their blocks until one is written to, so the weights are
+      written once however large they are;
+    - ``copy``: elsewhere (ext4, tmpfs, Windows, macOS) a copy, in the kernel where it can
+      (``os.copy_file_range``, which NFS 4.2 and SMB servers do on their side) else ``shutil`` - the only way
+      two independent files exist on such a file system, at the cost of writing the weights a second time
+      in the epochs that improved the monitored metric. The disk room the doctor asks for already counts
+      ``best.pt`` as a file of its own.
+
+    Returns which of the two it did."""
     source, target = Path(source), Path(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            how = "clone" if _clone(src, dst) else "copy"
+            if how == "copy":
+                _copy(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+    return how
+
+
+_FICLONE = getattr(fcntl, "FICLONE", 0x40049409) if fcntl is not None and sys.platform.startswith("linux") else None
+
+
+def _clone(src: Any, dst: Any) -> bool:
+    """Share ``src``'s blocks with the empty ``dst`` (a reflink); False where the file system cannot."""
+    if _FICLONE is None:
+        return False
+    try:
+        fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+    except OSError:  # EOPNOTSUPP, EXDEV, EINVAL, ENOTTY...: not a copy-on-write file system
+        return False
+    return True
+
+
+def _copy(src: Any, dst: Any) -> None:
+    size = os.fstat(src.fileno()).st_size
+    if hasattr(os, "copy_file_range"):
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), size - done, done, done)
+                if n == 0:
+                    break
+                done += n
+            if done == size:
+                return
+        except OSError as exc:  # ENOSYS, EXDEV, EINVAL on older kernels or some file systems: copy in user space
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO):
+                raise  # a copy in user space would fail the same way
+        dst.seek(0)
+        dst.truncate()
+    src.seek(0)
+    shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:

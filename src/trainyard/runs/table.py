@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -15,8 +16,8 @@ import yaml
 
 from trainyard.config import suggest
 from trainyard.errors import ConfigError, TrainyardError
-from trainyard.track.jsonl import read_metrics
-from trainyard.track.rundir import read_status
+
+DIVERGED = "diverged"  # the status of a run stopped by a non-finite loss or weights
 
 # Config keys that say where a run is recorded, not how it trains: never shown as hyperparameters.
 NOT_HPARAMS = ("name", "track.")
@@ -34,6 +35,7 @@ class Run:
     monitor: str | None = None
     best: float | None = None
     status_json: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None  # why a file of the folder could not be read; its status is then ``unreadable``
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -99,29 +101,111 @@ def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
     return sorted(found)
 
 
-def load_run(path: Path, root: Path | None = None) -> Run:
+def _mark(exc: Exception) -> str:
+    """``line N: what`` for a YAML or JSON error, else the error's first line."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:  # yaml.MarkedYAMLError
+        return f"line {mark.line + 1}: {getattr(exc, 'problem', None) or 'not YAML'}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno}: not JSON ({exc.msg})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _read_config(path: Path) -> tuple[dict[str, Any], str | None]:
+    try:
+        tree = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: UnicodeDecodeError
+        return {}, f"config.yaml {_mark(exc)}" if getattr(exc, "problem_mark", None) else f"config.yaml: {_mark(exc)}"
+    if tree is not None and not isinstance(tree, dict):
+        return {}, f"config.yaml: not a mapping of settings (a {type(tree).__name__})"
+    return flatten(tree or {}), None
+
+
+def _read_status(path: Path) -> tuple[dict[str, Any], str | None]:
+    file = path / "status.json"
+    if not file.is_file():
+        return {}, None  # a run that has logged metrics but not written its status yet
+    try:
+        status = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {}, f"status.json {_mark(exc)}" if isinstance(exc, json.JSONDecodeError) else f"status.json: {_mark(exc)}"
+    if not isinstance(status, dict):
+        return {}, f"status.json: not a JSON object (a {type(status).__name__})"
+    return status, None
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """metrics.jsonl's rows, and what was wrong with it: a line that is not a JSON object is skipped and named.
+    Half a line at the very end is left out quietly, as a reader of a run still writing sees it."""
+    file = path / "metrics.jsonl"
+    if not file.exists():
+        return [], None
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        return [], f"metrics.jsonl: {_mark(exc)}"
+    rows, problem = [], None
+    for n, line in enumerate(text[: text.rfind("\n") + 1].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            problem = problem or f"metrics.jsonl line {n}: not JSON ({getattr(exc, 'msg', exc)}; a row cut short?)"
+            continue
+        if not isinstance(row, dict):
+            problem = problem or f"metrics.jsonl line {n}: not a JSON object"
+            continue
+        rows.append(row)
+    return rows, problem
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def load_run(path: Path, root: Path | None = None, *, tolerant: bool = False) -> Run:
+    """One run folder read back. A file of it that cannot be read (``config.yaml``, ``status.json``, or
+    ``metrics.jsonl`` where the table needs it: no final metrics in status.json) raises a one-line
+    :class:`TrainyardError`; with ``tolerant`` the run comes back instead with status ``unreadable``, the
+    reason in ``problem`` and whatever the other files hold (``trainyard runs`` lists a folder of runs
+    whatever one of them holds). A corrupt status.json counts only with ``tolerant``; without it the run's
+    status is ``unknown``, as it always was."""
     path = Path(path)
     if not is_run_dir(path):
         raise TrainyardError(f"{path}: not a run folder (no config.yaml with status.json or metrics.jsonl)")
-    status = read_status(path)
-    try:
-        config = flatten(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
-    except (OSError, yaml.YAMLError) as exc:
-        raise TrainyardError(f"{path / 'config.yaml'}: unreadable ({exc})") from None
-    value = real_status(status, path)
-    started = status.get("started")
-    duration = status.get("duration_s")
-    metrics = dict(status.get("final") or {})
+    status, status_problem = _read_status(path)
+    config, config_problem = _read_config(path)
+    if config_problem and not tolerant:
+        raise TrainyardError(f"{path / 'config.yaml'}: unreadable ({config_problem.removeprefix('config.yaml').lstrip(': ')})")
+    value = str(real_status(status, path))
+    started = _number(status.get("started"))
+    duration = _number(status.get("duration_s"))
+    final = status.get("final")
+    metrics = dict(final) if isinstance(final, dict) else {}
+    metrics_problem = None
     if not metrics:  # still running, or stopped before the end: the latest logged value of each metric
-        for row in read_metrics(path):
+        rows, metrics_problem = _read_metrics(path)
+        if metrics_problem and not tolerant:
+            raise TrainyardError(f"{path / 'metrics.jsonl'}: unreadable ({metrics_problem.removeprefix('metrics.jsonl').lstrip(': ')})")
+        for row in rows:
             metrics.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
     if duration is None and started is not None:
         if value == "running":
             duration = time.time() - started
         elif (path / "metrics.jsonl").exists():
             duration = (path / "metrics.jsonl").stat().st_mtime - started
+    problem = config_problem or (status_problem if tolerant else None) or metrics_problem
+    if problem:
+        value = "unreadable"
     name = str(path.relative_to(root)) if root is not None and path != root else path.name
-    return Run(path, name, value, started, duration, config, metrics, status.get("monitor"), status.get("best"), status)
+    monitor = status.get("monitor") if isinstance(status.get("monitor"), str) else None
+    return Run(path, name, value, started, duration, config, metrics, monitor, _number(status.get("best")), status, problem)
 
 
 def resolve_run(arg: str, default_root: str = "runs") -> Path:
@@ -174,15 +258,19 @@ def format_value(value: Any) -> str:
 
 def runs_table(runs: list[Run], sort: str = "started", reverse: bool = False) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted rows: name, status, started, duration, the differing hparams, the metrics."""
-    hparams = differing_hparams(runs) if len(runs) > 1 else []
+    readable = [r for r in runs if r.config or not r.problem]  # a config.yaml that could not be read differs in nothing
+    hparams = differing_hparams(readable) if len(readable) > 1 else []
     metrics = metric_columns(runs)
     headers = ["name", "status", "started", "duration", *hparams, *metrics]
     raw = [[r.name, r.status, r.started, r.duration_s, *(r.config.get(k) for k in hparams), *(r.metrics.get(k) for k in metrics)] for r in runs]
 
     column = sort_column(headers, sort)
     index = headers.index(column)
-    present = [row for row in raw if row[index] is not None]
-    missing = [row for row in raw if row[index] is None]  # always last
+    # by a metric, a diverged run (trainer.on_nonfinite=stop) ranks after every other: its values are not results
+    by_metric = column in metrics
+    present = [row for row in raw if row[index] is not None and not (by_metric and row[1] == DIVERGED)]
+    missing = [row for row in raw if row[index] is None and not (by_metric and row[1] == DIVERGED)]  # always last
+    diverged = [row for row in raw if by_metric and row[1] == DIVERGED]
 
     def key(row):
         v = row[index]
@@ -190,7 +278,7 @@ def runs_table(runs: list[Run], sort: str = "started", reverse: bool = False) ->
 
     present.sort(key=key, reverse=reverse)
     rows = []
-    for row in present + missing:
+    for row in present + missing + diverged:
         rows.append([row[0], row[1], format_time(row[2]), format_duration(row[3]), *(format_value(v) for v in row[4:])])
     return headers, rows
 
