@@ -143,6 +143,12 @@ class TrainerConfig:
     deterministic: bool = opt(False, "use deterministic algorithms only (slower, bitwise repeatable on GPU)")
     progress: Union[bool, Literal["auto"]] = opt("auto", "progress bar; auto: only when output is a terminal")
     keep_host_memory: bool = opt(True, "keep freed host memory for reuse instead of returning it to the OS (glibc malloc): steps stop faulting their pages in again; the process keeps its peak")
+    on_nonfinite: str = opt(
+        "stop",
+        "a non-finite (nan/inf) loss or weights: stop (status diverged, at the next log step or epoch end, no extra sync; best.pt kept, test skipped), "
+        "skip_step (skip the optimizer update of a step whose loss is non-finite: one host sync per optimizer step, and a collective under ddp), ignore (train on)",
+        choices=["stop", "skip_step", "ignore"],
+    )
 
 
 @dataclass

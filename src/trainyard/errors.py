@@ -34,6 +34,13 @@ class CheckpointError(TrainyardError):
     """A checkpoint that cannot be loaded."""
 
 
+class Diverged(TrainyardError):
+    """A non-finite loss or weights stopped the run (``trainer.on_nonfinite: stop``): status ``diverged``, exit 3."""
+
+    exit_code = 3
+    run_status = "diverged"
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM: the run saved last.pt and stopped (exit 128 + the signal's number)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import signal
 import sys
@@ -28,7 +29,7 @@ from trainyard.engine.checkpoint import link_checkpoint, load_checkpoint, rng_st
 from trainyard.engine.evaluate import EvalResult, evaluate
 from trainyard.engine.optim import build_optimizer, build_scheduler, is_per_epoch, steps_per_epoch
 from trainyard.engine.totals import RunningTotals
-from trainyard.errors import ConfigError, Interrupted  # noqa: F401 - Interrupted re-exported for callers of the trainer
+from trainyard.errors import ConfigError, Diverged, Interrupted  # noqa: F401 - Interrupted re-exported for callers of the trainer
 from trainyard.parallel import Strategy
 from trainyard.registry import hint
 from trainyard.tasks import Task, build_task
@@ -115,6 +116,11 @@ class Trainer:
         self._first_batch_logged = False
         self.last_epoch_wait_s = 0.0  # seconds the last epoch waited for batches
         self.history: list[dict[str, float]] = []
+        # trainer.on_nonfinite: what was seen non-finite, where (stop: checked where the loop reads the device anyway)
+        self.check_nonfinite = t.on_nonfinite != "ignore"
+        self.divergence: dict[str, Any] | None = None
+        self._checked_step = 0  # the last optimizer step whose loss was read finite (a log step or an epoch end)
+        self.best_epoch: int | None = None
 
     @property
     def is_primary(self) -> bool:
@@ -217,12 +223,15 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         t = self.cfg.trainer
         primary = self.strategy.is_primary
+        self._checked_step = self.step  # a resumed run's steps so far were finite
         with self._signals():
             self.callbacks.call("on_run_start", self)
             while self.epoch < t.epochs and not self._done_steps():
                 start = time.perf_counter()
                 self.callbacks.call("on_epoch_start", self, self.epoch)
                 train_metrics = self.train_epoch()
+                if self.divergence is not None:
+                    self._diverged()  # raises: nothing saved from these weights, no test
                 stop = self._stop_agreed()
                 if stop and self.batch_in_epoch < len(self.train_loader):
                     self.save("last.pt")  # stopped mid-epoch: resume skips the batches already trained on
@@ -230,9 +239,15 @@ class Trainer:
                 metrics = dict(train_metrics)
                 if self.val_loader is not None:
                     metrics.update(self._evaluate(self.val_loader, "val").metrics)
+                    val_loss = metrics.get("val/loss")
+                    if self.check_nonfinite and val_loss is not None and not math.isfinite(val_loss):
+                        self.divergence = {"what": f"the validation loss is {val_loss}", "step": self.step, "epoch": self.epoch + 1, "validation": True}
+                        self._diverged()
                     self.callbacks.call("on_validation_end", self, metrics)
                 metrics["time/epoch_s"] = time.perf_counter() - start
                 improved = self._update_best(metrics)
+                if improved:
+                    self.best_epoch = self.epoch + 1
                 if self.schedule_per_epoch:
                     self._step_schedule_per_epoch(metrics)
                 self.epoch += 1
@@ -261,13 +276,40 @@ class Trainer:
             self.scheduler.step()
 
     def _stop_agreed(self) -> bool:
-        """Whether a stop signal arrived, agreed by every rank: a signal can reach ranks at different steps,
-        and ranks that stop apart would wait on each other's collectives forever."""
-        if not self.strategy.any_rank(self._stop_signal is not None):  # sync point: at log steps and epoch ends only
+        """Whether a stop signal arrived (or a rank saw a non-finite loss), agreed by every rank: a signal can reach
+        ranks at different steps, and ranks that stop apart would wait on each other's collectives forever."""
+        if not self.strategy.any_rank(self._stop_signal is not None or self.divergence is not None):  # sync point: at log steps and epoch ends only
             return False
+        if self.check_nonfinite and self.strategy.any_rank(self.divergence is not None):  # only once a rank stops: which reason
+            if self.divergence is None:  # another rank saw it (under ddp its gradients reach every rank)
+                self.divergence = {"what": "the training loss is non-finite on another rank", "step": self.step, "epoch": self.epoch + 1,
+                                   "first": self._checked_step + 1}
+            return True
         if self._stop_signal is None:
             self._stop_signal = signal.SIGTERM  # another rank was signalled
         return True
+
+    def _diverged(self) -> None:
+        """Raise :class:`Diverged` with one line: what, where, the likely cause, what was kept."""
+        d = self.divergence or {}
+        cfg, t = self.cfg, self.cfg.trainer
+        where = f"at step {d.get('step')} (epoch {d.get('epoch')}"
+        first = d.get("first")
+        if first is not None and first < d.get("step", 0):
+            where += f"; first non-finite in steps {first}-{d['step']}, read every trainer.log_every={t.log_every} steps and at epoch ends"
+        where += ")"
+        causes = []
+        if t.precision == "fp16":
+            causes.append("an fp16 overflow (try trainer.precision=bf16 or 32)")
+        if not d.get("validation"):
+            causes.append(f"a learning rate too high (optim.name={cfg.optim.name} optim.lr={cfg.optim.lr:g}; lower it or set trainer.clip_grad_norm)")
+        causes.append("nan/inf input values in the data" + ("" if d.get("validation") else " (trainer.on_nonfinite=skip_step skips such steps)"))
+        best = self.run_dir / "checkpoints" / "best.pt"
+        if self.best is not None and best.exists():
+            kept = f"kept {best}{f' from epoch {self.best_epoch}' if self.best_epoch else ''} ({self.monitor} {self.best:.4g})"
+        else:
+            kept = "no checkpoint saved"
+        raise Diverged(f"diverged: {d.get('what', 'a non-finite value')} {where}; likely cause: {', or '.join(causes)}; {kept}; test skipped")
 
     def _done_steps(self) -> bool:
         return self.cfg.trainer.max_steps is not None and self.step >= self.cfg.trainer.max_steps
@@ -313,6 +355,10 @@ class Trainer:
         # no per-step kernels: losses summed at log steps, the task's statistic over the outputs every few dozen steps
         totals = RunningTotals(device, stat=task.train_stat if task.train_metric else None, stat_dtype=task.stat_dtype)
         add_totals = totals.add
+        # trainer.on_nonfinite=skip_step: a step's losses wait for the (synced) finite check before they count
+        skip_nonfinite = t.on_nonfinite == "skip_step"
+        pending: list = []
+        skipped = 0
         step_hooks = self.callbacks.step_end
         per_step_schedule = not self.schedule_per_epoch
         forward_backward = strategy.forward_backward
@@ -356,17 +402,23 @@ class Trainer:
             else:
                 with strategy.no_sync(model):
                     loss, logits = forward_backward(model, x, y, loss_fn, autocast, scale)
-            add_totals(loss, y, logits)
+            if skip_nonfinite:
+                pending.append((loss, y, logits))
+            else:
+                add_totals(loss, y, logits)
             if sync:
                 micro = 0
-                if clip is not None:
-                    scaler.unscale_(optimizer)
-                    strategy.clip_grad_norm(model, clip)
-                if scaler_enabled:
-                    scaler.step(optimizer)
-                    scaler.update()
+                if skip_nonfinite and self._skip_nonfinite(pending, add_totals):  # sync point: skip_step only
+                    skipped += 1  # no update from this step's gradients (they are cleared before the next one)
                 else:
-                    optimizer.step()
+                    if clip is not None:
+                        scaler.unscale_(optimizer)
+                        strategy.clip_grad_norm(model, clip)
+                    if scaler_enabled:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                 if per_step_schedule:
                     scheduler.step()
                 step += 1
@@ -376,6 +428,8 @@ class Trainer:
                         hook(self, step, loss)
                 if step % log_every == 0:
                     self._log_train(totals, wait, log_state, progress)  # sync point: .item() every log_every steps
+                    if self.divergence is not None and processes == 1:  # a non-finite loss read there (ranks: _stop_agreed)
+                        break
                 if step >= last_step:
                     break
                 if processes == 1:
@@ -390,14 +444,51 @@ class Trainer:
 
         totals.fold()
         counts = torch.tensor([float(totals.seen), float(totals.stat_count)], device=device)
-        reduced = strategy.all_reduce_sum(torch.cat([torch.stack([totals.loss_sum.float(), totals.stat_sum.float()]), counts]))
-        loss_total, stat_total, seen_total, stat_count = reduced.tolist()  # sync point: once per epoch
+        parts = [torch.stack([totals.loss_sum.float(), totals.stat_sum.float()]), counts]
+        if self.check_nonfinite:  # the weights this epoch leaves, checked in the same read (last.pt/best.pt never hold nan/inf)
+            parts.append(self._nonfinite_tensors().reshape(1))
+        reduced = strategy.all_reduce_sum(torch.cat(parts))
+        loss_total, stat_total, seen_total, stat_count, *bad_tensors = reduced.tolist()  # sync point: once per epoch
+        if self.check_nonfinite and self.divergence is None:
+            if not math.isfinite(loss_total):
+                self.divergence = {"what": f"the training loss is {loss_total}", "step": self.step, "epoch": self.epoch + 1, "first": self._checked_step + 1}
+            elif bad_tensors and bad_tensors[0]:
+                self.divergence = {"what": f"the weights hold nan/inf ({int(bad_tensors[0])} tensors)", "step": self.step, "epoch": self.epoch + 1,
+                                   "first": self._checked_step + 1}
+            elif skip_nonfinite and seen_total == 0:
+                self.divergence = {"what": "every step's loss was non-finite (all skipped)", "step": self.step, "epoch": self.epoch + 1, "validation": True}
+            self._checked_step = self.step
         metrics = {"train/loss": loss_total / max(seen_total, 1), "lr": optimizer.param_groups[0]["lr"]}
+        if skip_nonfinite:
+            metrics["train/skipped_steps"] = float(skipped)
+            if skipped and self.is_primary:
+                print(f"trainyard: epoch {self.epoch + 1}: skipped {skipped} optimizer step{'s' if skipped > 1 else ''} with a non-finite loss (trainer.on_nonfinite=skip_step)",
+                      file=sys.stderr, flush=True)
         if task.train_metric and stat_count:
             metrics[f"train/{task.train_metric}"] = stat_total / stat_count
         metrics["perf/data_wait_fraction"] = min(wait / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
         self.last_epoch_wait_s = wait
         return metrics
+
+    @torch.no_grad()
+    def _nonfinite_tensors(self) -> torch.Tensor:
+        """How many of this process's floating-point parameters and buffers hold a nan or inf, on ``self.device``
+        (no host sync: read with the epoch-end reduction)."""
+        flags = [torch.isfinite(p).all().logical_not().to(self.device) for p in itertools.chain(self.model.parameters(), self.model.buffers())
+                 if p.is_floating_point() and p.numel()]
+        return torch.stack(flags).sum().float() if flags else torch.zeros((), device=self.device)
+
+    def _skip_nonfinite(self, pending: list, add_totals: Callable) -> bool:
+        """trainer.on_nonfinite=skip_step, at an optimizer step: True when a micro-batch loss of it is non-finite
+        (on any rank), and the step is to be skipped; else its losses go into the totals. One host sync a step."""
+        bad = not bool(torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss, _, _ in pending])).all())  # sync point
+        if self.strategy.processes > 1:
+            bad = self.strategy.any_rank(bad)  # every rank skips the same step (its gradients were averaged)
+        if not bad:
+            for item in pending:
+                add_totals(*item)
+        pending.clear()
+        return bad
 
     def _progress(self, total: int):
         t = self.cfg.trainer
@@ -414,6 +505,11 @@ class Trainer:
         now = time.perf_counter()
         totals.fold_losses()
         loss_now = totals.loss_sum.item()
+        if self.check_nonfinite and self.divergence is None:
+            if math.isfinite(loss_now):
+                self._checked_step = self.step
+            else:  # the sum over the epoch so far: the first non-finite loss lies in the steps since the last read
+                self.divergence = {"what": f"the training loss is {loss_now}", "step": self.step, "epoch": self.epoch + 1, "first": self._checked_step + 1}
         seen = totals.seen
         window = seen - state["seen"]
         elapsed = max(now - state["time"], 1e-9)

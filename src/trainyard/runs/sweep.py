@@ -186,7 +186,7 @@ class Sweep:
 
         total = len(self.trials)
         for number, trial in enumerate(self.trials, 1):
-            if trial["status"] in ("finished", "failed"):
+            if trial["status"] in ("finished", "failed", "diverged"):
                 continue
             cfg = self.trial_config(trial)
             run_dir = self.folder / trial["name"]
@@ -206,9 +206,11 @@ class Sweep:
                 self.save()
                 return False
             except Exception as exc:  # one failing trial (diverged, out of memory) does not end the sweep
-                trial["status"] = "failed"
+                # diverged (trainer.on_nonfinite=stop): as its run folder says (a multi-process run's error arrives re-created)
+                diverged = getattr(exc, "run_status", None) == "diverged" or read_status(run_dir).get("status") == "diverged"
+                trial["status"] = "diverged" if diverged else "failed"
                 trial["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                log(f"   {trial['name']} failed: {trial['error']}")
+                log(f"   {trial['name']} {trial['status']}: {trial['error']}")
             else:
                 trial["status"] = "finished"
             status = read_status(run_dir)
@@ -217,7 +219,7 @@ class Sweep:
         return True
 
     def summary(self) -> tuple[list[str], list[list[str]], str | None]:
-        """The trials' table, best first (by each run's best monitored value), and the monitored metric."""
+        """The trials' table, best first (by each run's best monitored value; diverged trials last), and the monitored metric."""
         from trainyard.engine.trainer import monitor_mode
         from trainyard.runs.table import find_runs, load_run, runs_table
 
