@@ -87,11 +87,13 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
     from trainyard.models import build_model
     from trainyard.tasks import build_task
     from trainyard.track import build_trackers
-    from trainyard.track.rundir import environment, new_run_dir, write_status
+    from trainyard.track.rundir import environment, lock_run_dir, new_run_dir, write_status
 
     strategy.setup()
     tracker = None
     run_dir: Path | None = None
+    lock = None
+    recording = False  # whether this process has written into the run folder: until then a failure leaves it as it was
     status = "failed"
     started = time.time()
     try:
@@ -99,6 +101,10 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed)  # the same initial weights on every rank
+        if resume is None:
+            resume = strategy.resume_dir()  # a job its launcher restarted continues its run folder
+        if resume is not None and strategy.is_primary:
+            lock = lock_run_dir(resume)  # one writer per run folder: refused, with nothing changed, while another trains in it
         parts = parts or UserParts()
         if parts.model is not None and strategy.processes > 1:
             # A spawned process's model arrived through torch.multiprocessing, whose pickling puts CPU tensors in
@@ -114,28 +120,30 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
         model = parts.model if parts.model is not None else build_model(cfg.model, data.info)
 
         state = None
-        if resume is None:
-            resume = strategy.resume_dir()  # a job its launcher restarted continues its run folder
         if resume is not None:
             run_dir = Path(resume)
             state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-            if strategy.is_primary:
-                (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
         elif strategy.is_primary:
             run_dir = new_run_dir(cfg)
+            lock = lock_run_dir(run_dir)
+            recording = True  # a new folder: its record says how this attempt ended
         run_dir = Path(strategy.broadcast_object(str(run_dir)))
-        if strategy.is_primary and data.save_artifacts is not None:
-            data.save_artifacts(run_dir)  # e.g. the trained tokenizer and label map, next to the checkpoints
 
         seed_everything(cfg.seed + 7919 * strategy.rank)  # per-rank randomness (dropout, augmentation)
-        if strategy.is_primary:
-            tracker = build_trackers(cfg, run_dir, resume_step=state["step"] if state else None)
-            write_status(run_dir, status="running", started=started, name=run_dir.name, environment=environment(), strategy=strategy.describe())
-        trainer = Trainer(cfg, strategy, data, model, run_dir, tracker, task=task, callbacks=parts.callbacks, optimizer=parts.optimizer, scheduler=parts.scheduler)
+        # The trackers come after the checkpoint's state is loaded: a resume that cannot continue writes nothing.
+        trainer = Trainer(cfg, strategy, data, model, run_dir, None, task=task, callbacks=parts.callbacks, optimizer=parts.optimizer, scheduler=parts.scheduler)
         if state is not None:
             trainer.load_state(state)
         if strategy.is_primary:
-            write_status(run_dir, strategy=strategy.describe())  # again: wrap() may have settled the layout (e.g. a model's split)
+            recording = True
+            if state is not None:
+                (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+            if data.save_artifacts is not None:
+                data.save_artifacts(run_dir)  # e.g. the trained tokenizer and label map, next to the checkpoints
+            tracker = build_trackers(cfg, run_dir, resume_step=state["step"] if state else None)
+            trainer.tracker = tracker
+            write_status(run_dir, status="running", started=started, name=run_dir.name, environment=environment(), strategy=strategy.describe())
+        if strategy.is_primary:
             print(f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)})", flush=True)
         final = trainer.fit()
         status = "finished"
@@ -158,7 +166,11 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
     finally:
         if tracker is not None:
             tracker.close(status)
-        if strategy.is_primary and run_dir is not None and (run_dir / "config.yaml").exists():
-            write_status(run_dir, status=status, ended=time.time(), duration_s=round(time.time() - started, 3))
-        strategy.teardown()
+        try:
+            if strategy.is_primary and recording and run_dir is not None and (run_dir / "config.yaml").exists():
+                write_status(run_dir, status=status, ended=time.time(), duration_s=round(time.time() - started, 3))
+        finally:
+            if lock is not None:
+                lock.release()
+            strategy.teardown()
 

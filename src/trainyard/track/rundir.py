@@ -72,3 +72,93 @@ def environment() -> dict[str, Any]:
         "pid": os.getpid(),
         "time": time.time(),
     }
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """The one writer of a run folder: an exclusive ``flock`` on ``RUN/.lock``, which holds the writer's pid, host
+    and command. The kernel drops the lock when the process dies, however it dies, so a killed run never blocks
+    its own resume. Where ``fcntl`` is missing, or the folder's file system refuses locks, nothing is locked."""
+
+    def __init__(self, run_dir: Path | str):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock or raise :class:`TrainyardError` naming the process that holds it; changes nothing then."""
+        try:
+            import fcntl
+        except ImportError:  # e.g. Windows: no lock, as before
+            return self
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # a read-only folder: whatever would write there fails on its own
+                return self
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise TrainyardError(f"run folder {self.path.parent} is in use by {holder}; wait for it to end (or stop it) first") from None
+            except OSError:  # a file system without locks
+                os.close(fd)
+                return self
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except OSError:
+                same = False
+            if same:  # not a file the previous holder unlinked as it let go
+                break
+            os.close(fd)
+        self.fd = fd
+        import sys
+
+        argv = list(sys.argv)
+        if argv and (argv[0].endswith("__main__.py") or Path(argv[0]).name == "trainyard"):
+            argv[0] = "trainyard"
+        command = " ".join(argv) if argv and argv[0] else ""
+        text = json.dumps({"pid": os.getpid(), "host": platform.node(), "command": command[:300], "time": time.time()}) + "\n"
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, text.encode("utf-8"))
+        except OSError:
+            pass
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and let go (no effect when not held)."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still held: a process that opened it meanwhile sees another inode and retries
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    """``pid 123 on host (python -m trainyard train ...)`` from a lock file, or ``another process``."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode("utf-8"))
+        text = f"pid {int(info['pid'])} on {info.get('host') or 'an unknown host'}"
+        if info.get("command"):
+            text += f" ({info['command']})"
+        return text
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def lock_run_dir(run_dir: Path | str) -> RunLock:
+    """Take ``run_dir``'s writer lock (see :class:`RunLock`)."""
+    return RunLock(run_dir).acquire()
