@@ -80,7 +80,7 @@ def batch_text(cfg: RunConfig, strategy) -> str:
 
 def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts | None = None) -> dict[str, float]:
     """The body of one training process."""
-    from trainyard.data import build_data
+    from trainyard.data import DATASETS, build_data
     from trainyard.engine.checkpoint import load_checkpoint
     from trainyard.engine.trainer import Trainer
     from trainyard.errors import Interrupted
@@ -114,7 +114,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
         if parts.collate_fn is not None:
             data.collate_fn = parts.collate_fn
         task = build_task(cfg, data.info, loss=parts.loss, metrics=parts.metrics, task=parts.task)
-        if parts.datasets is None and data.train_labels is not None:  # a built-in's labels against the task (user data was checked as it was read)
+        if parts.datasets is None and cfg.data.dataset in DATASETS and data.train_labels is not None:  # a built-in's labels against the task (user data was checked as it was read)
             task.check_targets(torch.as_tensor(data.train_labels), f"data.dataset={cfg.data.dataset} with task={task.name}")
         data.info.num_outputs = task.num_outputs()  # the head the model must have
         model = parts.model if parts.model is not None else build_model(cfg.model, data.info)
@@ -143,7 +143,6 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
             tracker = build_trackers(cfg, run_dir, resume_step=state["step"] if state else None)
             trainer.tracker = tracker
             write_status(run_dir, status="running", started=started, name=run_dir.name, environment=environment(), strategy=strategy.describe())
-        if strategy.is_primary:
             print(f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)})", flush=True)
         final = trainer.fit()
         status = "finished"
