@@ -41,6 +41,13 @@ class Diverged(TrainyardError):
     run_status = "diverged"
 
 
+class Pruned(TrainyardError):
+    """A sweep's pruner stopped this trial for falling behind: status ``pruned``, exit 4."""
+
+    exit_code = 4
+    run_status = "pruned"
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM: the run saved last.pt and stopped (exit 128 + the signal's number)."""
 
