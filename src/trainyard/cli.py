@@ -26,14 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trainyard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="train a run (no arguments: the default job on bundled digits)")
+    p = sub.add_parser("train", help="train a run (no arguments: the default job on bundled digits)",
+                       epilog="every config key, its type, default, allowed values and help: `trainyard config --explain [SECTION]` "
+                              "(e.g. --explain optim), or the table in docs/config.md")
     _config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.pt")
     p.add_argument("--doctor", action="store_true", help="run `trainyard doctor` first and stop on a FAIL")
     p.set_defaults(handler="trainyard.commands:train")
 
-    p = sub.add_parser("config", help="print the resolved config as YAML")
+    p = sub.add_parser("config", help="print the resolved config as YAML, or every key's help (--explain)")
     _config_args(p)
+    p.add_argument("--explain", nargs="?", const="", default=None, metavar="SECTION",
+                   help="every key (or those of one section or key, e.g. optim or trainer.precision): type, default, allowed values, help")
+    p.add_argument("--markdown", action="store_true", help="every key as a Markdown table (what docs/config.md holds)")
     p.set_defaults(handler="trainyard.commands:config")
 
     p = sub.add_parser("transforms", help="list torchvision.transforms.v2 transforms, or document one")

@@ -142,6 +142,8 @@ class TrainerConfig:
     patience: int = opt(0, "early stopping: epochs without improvement before stopping (0: off)", min=0)
     deterministic: bool = opt(False, "use deterministic algorithms only (slower, bitwise repeatable on GPU)")
     progress: Union[bool, Literal["auto"]] = opt("auto", "progress bar; auto: only when output is a terminal")
+    progress_every_s: float = opt(30.0, "without a terminal on stdout (nohup, CI, a pipe): seconds between plain progress lines "
+                                  "(step, epoch fraction, samples/s, ETA, the last logged loss; no extra host sync); 0: off", min=0.0)
     keep_host_memory: bool = opt(True, "keep freed host memory for reuse instead of returning it to the OS (glibc malloc): steps stop faulting their pages in again; the process keeps its peak")
     on_nonfinite: str = opt(
         "stop",
@@ -442,3 +444,128 @@ def _coerce(value: Any, t: Any) -> Any:
             return value
         raise TypeError
     raise TypeError
+
+
+# --------------------------------------------------------------------------------------
+# Help: every key's type, default, allowed values and help text, read from the tree above
+# (``trainyard config --explain [SECTION]`` and the generated table docs/config.md).
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyHelp:
+    key: str  # dotted, e.g. optim.lr
+    type: str  # float, int | null, bool | auto, ...
+    default: str  # as YAML writes it
+    allowed: str  # choices or limits ("" when any value of the type)
+    help: str
+    section: bool = False  # a section (a mapping of keys), not a value
+
+
+def type_text(t: Any) -> str:
+    """A key's type as the table shows it: ``float``, ``int | null``, ``bool | auto``."""
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_text(a) for a in typing.get_args(t))
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(t))
+    if t is type(None):
+        return "null"
+    if dataclasses.is_dataclass(t):
+        return "section"
+    return {dict: "mapping"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def allowed_text(meta: typing.Mapping) -> str:
+    """``auto, min, max`` for choices; ``>= 0, < 1`` for limits."""
+    if meta.get("choices") is not None:
+        return ", ".join(map(str, meta["choices"]))
+    return ", ".join(f"{words} {meta[limit]:g}" for limit, words in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if limit in meta)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def key_help(cls: type = RunConfig, prefix: str = "") -> list[KeyHelp]:
+    """Every key of the tree, sections included (their help: the section's docstring), in the tree's order."""
+    out: list[KeyHelp] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(t):
+            doc = " ".join((t.__doc__ or "").split())
+            out.append(KeyHelp(key, "section", "", "", doc or f.metadata.get("help", ""), section=True))
+            out.extend(key_help(t, key + "."))
+        else:
+            out.append(KeyHelp(key, type_text(t), _show(_default_of(f)), allowed_text(f.metadata), f.metadata.get("help", "")))
+    return out
+
+
+def _select(section: str | None) -> list[KeyHelp]:
+    entries = key_help()
+    if not section:
+        return entries
+    section = section.strip().rstrip(".")
+    chosen = [e for e in entries if e.key == section or e.key.startswith(section + ".")]
+    if not chosen:
+        sections = [e.key for e in entries if e.section]
+        raise ConfigError(f"--explain {section}: no such section or key; sections: {', '.join(sections)}{suggest(section, [e.key for e in entries])}")
+    return chosen
+
+
+def _grouped(entries: list[KeyHelp]) -> list[KeyHelp]:
+    """Top-level value keys (name, seed, callbacks) first, then each section with its keys."""
+    return [e for e in entries if "." not in e.key and not e.section] + [e for e in entries if "." in e.key or e.section]
+
+
+def explain(section: str | None = None, width: int = 100) -> str:
+    """Plain text, one block per key: ``optim.lr  float (> 0)  default 0.003``, then its help indented."""
+    import textwrap
+
+    lines: list[str] = []
+    entries = _grouped(_select(section))
+    if entries and "." not in entries[0].key and not entries[0].section:
+        lines.append("top level:")
+    for e in entries:
+        if e.section:
+            lines += ([""] if lines else []) + [f"{e.key}: {e.help}".rstrip(": ")]
+            continue
+        kind = e.type + (f" ({e.allowed})" if e.allowed else "")
+        lines.append(f"  {e.key}  {kind}  default {e.default}")
+        lines += textwrap.wrap(e.help, width=width, initial_indent="      ", subsequent_indent="      ") or ["      (no help text)"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table() -> str:
+    """docs/config.md: every key in one table per section. Regenerate with ``trainyard config --markdown > docs/config.md``."""
+    out = [
+        "# Config keys",
+        "",
+        "<!-- generated by `trainyard config --markdown > docs/config.md` from src/trainyard/config.py; a test keeps it in sync -->",
+        "",
+        "Every key of the run config, its type, default, allowed values and help. Set a key in the YAML file or as",
+        "`key.sub=value` on the command line; `trainyard config --explain [SECTION]` prints the same in the terminal.",
+    ]
+    top: list[KeyHelp] = []
+    for e in key_help():
+        if e.section:
+            out += ["", f"## `{e.key}`", "", _cell(e.help), "", "| key | type | default | allowed | help |", "|---|---|---|---|---|"]
+            continue
+        if "." not in e.key:
+            top.append(e)
+            continue
+        out.append(f"| `{e.key}` | {_cell(e.type)} | `{_cell(e.default)}` | {_cell(e.allowed)} | {_cell(e.help)} |")
+    if top:
+        rows = [f"| `{e.key}` | {_cell(e.type)} | `{_cell(e.default)}` | {_cell(e.allowed)} | {_cell(e.help)} |" for e in top]
+        out[6:6] = ["", "## Top level", "", "| key | type | default | allowed | help |", "|---|---|---|---|---|", *rows]
+    return "\n".join(out) + "\n"

@@ -54,5 +54,18 @@ def train(args: argparse.Namespace) -> int:
 
 
 def config(args: argparse.Namespace) -> int:
+    from trainyard.config import explain, markdown_table
+
+    if getattr(args, "markdown", False):
+        print(markdown_table(), end="")
+        return 0
+    if getattr(args, "explain", None) is not None:
+        section = args.explain or None
+        if section is not None and "=" in section:  # `config --explain optim.lr=0.1`: an override, not a section
+            args.overrides.insert(0, section)
+            section = None
+        resolve(args)  # a bad file or override still says so
+        print(explain(section), end="")
+        return 0
     print(to_yaml(resolve(args)), end="")
     return 0
