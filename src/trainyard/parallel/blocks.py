@@ -213,9 +213,11 @@ class BlockChain(nn.Module):
             parent: nn.Module = self
             *path, leaf = name.split(".")
             for part in path:
-                if part not in parent._modules:
-                    parent.add_module(part, nn.Module())
-                parent = parent._modules[part]
+                child = dict(parent.named_children()).get(part)
+                if child is None:
+                    child = nn.Module()
+                    parent.add_module(part, child)
+                parent = child
             parent.add_module(leaf, block)
         # a plain list (not registered twice): the blocks in order, each with the device its input must be on
         self._steps: list[tuple[nn.Module, torch.device | None]] = [

@@ -8,6 +8,7 @@ import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from trainyard.track import Tracker
@@ -20,31 +21,46 @@ class Png(NamedTuple):
     channels: int
 
 
-_last: tuple[Any, int, Png] | None = None  # (weak reference to the image, its version, its encoding)
+_last: tuple[Any, str, int, Png] | None = None  # (weak reference to the image, its tag, its step, its encoding)
 
 
-def encode_png(image: torch.Tensor) -> Png:
-    """A CHW float image in [0, 1] as PNG bytes, at zlib level 1 (a third of the default level's time, about
-    the same size for figures and grids). Every backend that logs the same image gets the same bytes: the last
-    image's encoding is kept until the image is gone or changed."""
+def encode_png(image: torch.Tensor, tag: str | None = None, step: int | None = None) -> Png:
+    """A CHW float image in [0, 1] as PNG bytes. Every backend that logs the same image under one tag at one step
+    gets the same bytes, encoded once: the last encoding is kept while the image lives."""
     global _last
-    version = -1 if image.is_inference() else image._version  # inference tensors keep no version counter
-    if _last is not None:
-        ref, last_version, png = _last
-        if ref() is image and version == last_version:
+    if tag is not None and _last is not None:
+        ref, last_tag, last_step, png = _last
+        if ref() is image and (last_tag, last_step) == (tag, step):
             return png
-    from PIL import Image
-
     hwc = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
     if hwc.dim() == 2:
         hwc = hwc.unsqueeze(0)
     channels = hwc.shape[0]
     hwc = hwc.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(hwc[:, :, 0] if channels == 1 else hwc).save(buffer, format="PNG", compress_level=1)
-    png = Png(buffer.getvalue(), hwc.shape[0], hwc.shape[1], channels)
-    _last = (weakref.ref(image), version, png)
+    png = png_of(hwc[:, :, 0] if channels == 1 else hwc)
+    if tag is not None:
+        _last = (weakref.ref(image), tag, step, png)
     return png
+
+
+def png_of(pixels: Any) -> Png:
+    """An HxW or HxWxC uint8 array as PNG bytes at zlib level 1 (a third of the default level's time, about the
+    same size for figures and grids)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    return Png(buffer.getvalue(), pixels.shape[0], pixels.shape[1], channels)
+
+
+def encode_figure(figure: Any) -> Png:
+    """A matplotlib figure as an RGB PNG, drawn at the figure's own size and dpi (what ``SummaryWriter.add_figure`` logs)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return png_of(np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, :3]))
 
 
 def media_path(run_dir: Path, tag: str) -> Path:
@@ -62,7 +78,7 @@ class MediaTracker(Tracker):
         return path
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
-        self._path(tag).write_bytes(encode_png(image).data)
+        self._path(tag).write_bytes(encode_png(image, tag, step).data)
 
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
         figure.savefig(self._path(tag), dpi=110)
