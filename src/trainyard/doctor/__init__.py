@@ -57,7 +57,7 @@ def merge(findings: list[Finding]) -> Finding:
     return Finding(status, "; ".join(f.saw for f in shown if f.saw), "; ".join(f.fix for f in shown if f.fix), measured=measured)
 
 
-# name -> "module:function", in the order they run and print (the order of issue 9's list).
+# name -> "module:function", in the order they run and print.
 CHECKS: dict[str, str] = {
     "labels": "trainyard.doctor.data_checks:labels",
     "forward": "trainyard.doctor.model_checks:forward",

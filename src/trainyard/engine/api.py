@@ -30,6 +30,22 @@ class RunResult:
         return self.metrics[key]
 
 
+def sets_keep_host_memory(config: Any) -> bool:
+    """Whether fit()'s ``config`` names ``trainer.keep_host_memory`` (a RunConfig holds every key, so it does)."""
+    from trainyard.config import read_yaml
+
+    if isinstance(config, RunConfig):
+        return True
+    if isinstance(config, (str, Path)):
+        config = read_yaml(config)
+    if isinstance(config, Mapping):
+        trainer = config.get("trainer")
+        return "trainer.keep_host_memory" in config or (isinstance(trainer, Mapping) and "keep_host_memory" in trainer)
+    if isinstance(config, Sequence):
+        return any(isinstance(item, str) and item.split("=", 1)[0].strip() == "trainer.keep_host_memory" for item in config)
+    return False
+
+
 def config_from(config: Any = None, name: str | None = None, base: Path | None = None) -> RunConfig:
     """A RunConfig from None, a RunConfig, a YAML path, a list of ``key=value`` strings, or a dict
     (nested, or with dotted keys: ``{"trainer.epochs": 5}``); on top of the YAML file ``base`` when given."""
@@ -158,6 +174,8 @@ def fit(
         cfg = config_from(config, base=Path(resume) / "config.yaml")
     else:
         cfg = config_from(config, name)
+    if not sets_keep_host_memory(config):
+        cfg.trainer.keep_host_memory = False  # process-wide allocator change: the caller's process, not ours to retune
     datasets = None
     if train is not None:
         from trainyard.data.user import check_python_dataset

@@ -1,16 +1,9 @@
 """Host memory: keep what the C allocator frees, for the next step to reuse.
 
-glibc's malloc hands large blocks back to the operating system: a block above its mmap threshold is
-unmapped when freed, and free memory at the top of the heap beyond its trim threshold is released. A training
-step allocates and frees the same activations every step, so each step can fault all of their pages in again
-(and the kernel zeroes each one). Measured in ``benchmarks/overhead.py``'s CNN on CPU: 1.8-2.4 million page
-faults an epoch (2,500 a step, 10 MB of fresh pages) and a quarter of the run's time in some runs, a few
-thousand and a steady speed in others, depending on where long-lived objects happened to sit in the heap.
-With freed memory kept: ~0 faults and the same speed every run. jemalloc and tcmalloc setups for CPU
-training (Intel's launcher) do the same by never decaying freed memory.
-
-The cost: the process keeps its peak host memory until it exits. Blocks larger than 32 MiB (glibc's
-ceiling for the mmap threshold) are still mapped and unmapped each time.
+glibc's malloc returns large freed blocks to the operating system, so a step that allocates and frees the same
+activations every step can fault all their pages in again (zeroed by the kernel); kept, they are reused. The
+cost: the process keeps its peak host memory until it exits, and this is process-wide, so it is on for the
+``trainyard`` command and off by default under ``trainyard.fit()`` (see ``engine/api.py``).
 """
 
 from __future__ import annotations

@@ -3,19 +3,11 @@
 The statistic is the task's (``Task.train_stat``): correct predictions for classification, absolute error
 for regression, each with the count it is a share of.
 
-Summing each step's loss and correct count as it comes costs five small kernels a step (add, argmax, eq,
-sum, add). On a tiny model that is 5-6% of the step, more than the kernels' own time: measured in
-``benchmarks/overhead.py``'s MLP, the reductions, run once a step between the model's own kernels, slow
-the whole step down (their code and data evict the step's). Instead each step only keeps references to
-its loss, logits and labels (still attached to their spent graph, see ``Strategy.forward_backward``: a
-fold drops them, and the graphs go with them). The losses are summed in one batch at log steps (the total
-a log step reads); the logits once about ``max_held`` elements are kept, and at the epoch end. Keeping that
-bound small keeps their memory reused and in cache (an epoch's worth took fresh pages every step: about
-1% of the MLP's time), while each fold still covers many steps of a small model. The number of steps
-held is bounded too, by the garbage collector: each held step is a few objects it tracks (a tuple and
-tensors that would otherwise be freed), and once more have piled up than its youngest generation's
-threshold it collects in the middle of the loop, scanning them (11 times a run in the MLP benchmark,
-about 0.5 ms each). Nothing is read to the host here, so the hot path stays free of syncs.
+Summing each step's loss and correct count as it comes costs small kernels between the model's own, which on a
+small model slow the whole step; so each step only keeps references to its loss, logits and labels, folded in
+one batch at log steps, once ``max_held`` elements are kept (memory stays reused and in cache), before the
+garbage collector's youngest generation fills (it would scan them mid-loop), and at the epoch end. Nothing is
+read to the host here, so the hot path stays free of syncs.
 """
 
 from __future__ import annotations

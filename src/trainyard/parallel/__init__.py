@@ -119,12 +119,9 @@ class Strategy:
     def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One micro-step: forward, loss, backward. Returns (loss, the model's output or None), still attached to their graph.
 
-        Not detached: ``detach()`` runs autograd code that nothing else in the step runs, from a cold cache, and
-        the graph's nodes were then freed one step at a time; in ``benchmarks/overhead.py``'s MLP that cost 1.3%
-        of the step time. After backward a graph holds no saved tensors, only its nodes (measured: ~14 KiB for
-        the small CNN, ~60 KiB resnet18, ~330 KiB vit_b_16, host memory), and the step loop's totals drop their
-        references every few dozen steps (see ``engine/totals.py``). What a custom ``autograd.Function`` stores
-        on ``ctx`` outside ``save_for_backward`` lives as long as that."""
+        Not detached: detaching runs cold autograd code every step; after backward a graph holds only its nodes
+        (no saved tensors), and the step loop's totals drop them every few dozen steps (``engine/totals.py``).
+        What a custom ``autograd.Function`` stores on ``ctx`` outside ``save_for_backward`` lives as long."""
         with autocast():
             out = model(x)
             loss = loss_fn(out, y)

@@ -58,13 +58,10 @@ class Tracker:
 class Trackers(Tracker):
     """Fans every call out to several trackers.
 
-    Scalars logged during an epoch are held and handed on together, when ``hold_secs`` have passed since
-    the last hand-on and before any other call (so every backend sees the calls in order), at ``flush()``
-    and ``close()``. Handing on one point at a time ran each backend's code (protobuf, json, file writes)
-    from a cold cache between the model's steps: measured in ``benchmarks/overhead.py``'s MLP, about 200 us
-    a log step, five times what the same calls cost in a row. The values are the same; they reach the disk
-    no later than the backends' own flush clocks put them there. A held point is the caller's dict itself:
-    callers pass a fresh one each time (the trainer does)."""
+    Scalars are held and handed on together (when ``hold_secs`` have passed, before any other call so every
+    backend sees the calls in order, at ``flush()`` and ``close()``): backend code run in a batch stays in cache,
+    one point at a time between the model's steps does not. A held point is the caller's dict itself: callers
+    pass a fresh one each time (the trainer does)."""
 
     def __init__(self, trackers: list[Tracker], hold_secs: float = FLUSH_SECS):
         self.trackers = trackers
