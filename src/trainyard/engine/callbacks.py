@@ -11,8 +11,10 @@ a tensor on the device: reading it (``.item()``) is a host sync, so do it only n
 from __future__ import annotations
 
 import inspect
+import math
 import sys
-from typing import Any
+import time
+from typing import Any, Callable
 
 import torch
 
@@ -149,11 +151,187 @@ class DataWaitWarning(Callback):
         )
 
 
+# --- progress lines without a terminal -------------------------------------------------------------
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Every:
+    """Due once per ``seconds`` on a clock: at ``start + seconds``, ``start + 2 * seconds``, ... A slow step that
+    skips a beat makes one line, not a burst; ``seconds`` of 0 is never due."""
+
+    def __init__(self, seconds: float, start: float):
+        self.seconds = seconds
+        self.next_at = start + seconds if seconds > 0 else math.inf
+
+    def due(self, now: float) -> bool:
+        if now < self.next_at:
+            return False
+        self.next_at += self.seconds * (1 + int((now - self.next_at) // self.seconds))
+        return True
+
+
+def progress_text(step: int, total_steps: int, epoch: int, epochs: int, batch: int, batches: int,
+                  samples_per_s: float | None, eta_epoch_s: float | None, eta_run_s: float | None,
+                  loss: float | None = None, loss_when: str | None = None) -> str:
+    """One plain progress line: ``step 1200/9000  epoch 3/30 41%  412 samples/s  eta epoch 1m10s, run 25m03s  loss 0.4123 (step 1150)``;
+    ``loss_when`` says where the loss was read (``step 1150``, ``epoch 2 mean``)."""
+    parts = [f"step {step}/{total_steps}", f"epoch {epoch}/{epochs} {batch / max(batches, 1):.0%}"]
+    if samples_per_s is not None:
+        parts.append(f"{samples_per_s:,.0f} samples/s")
+    if eta_epoch_s is not None and eta_run_s is not None:
+        parts.append(f"eta epoch {format_seconds(eta_epoch_s)}, run {format_seconds(eta_run_s)}")
+    if loss is not None:
+        parts.append(f"loss {loss:.4f}" + (f" ({loss_when})" if loss_when else ""))
+    return "progress: " + "  ".join(parts)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return False
+
+
+class ProgressLines(Callback):
+    """When stdout is not a terminal (nohup, CI, SLURM, a pipe), on the primary: one plain line every
+    ``trainer.progress_every_s`` seconds of training, so a long epoch is not silent. It reads only what the
+    loop already has on the host: the step counters, the clock, and the loss the loop last synced at a
+    log step (``trainer.last_logged``, else the last epoch's mean). No host-device sync of its own."""
+
+    def __init__(self, stream: Any = None, clock: Callable[[], float] = time.perf_counter):
+        self.stream, self.clock = stream, clock
+        self.timer: Every | None = None
+
+    def on_run_start(self, trainer: Any) -> None:
+        stream = self.stream if self.stream is not None else sys.stdout
+        every = float(getattr(trainer.cfg.trainer, "progress_every_s", 30.0) or 0.0)
+        if not trainer.is_primary or every <= 0 or _is_terminal(stream):
+            self.timer = None
+            return
+        now = self.clock()
+        self.timer = Every(every, now)
+        self.run_start, self.run_start_step = now, trainer.step
+        self.last_time, self.last_step = now, trainer.step
+        self.epoch_start, self.epoch_start_step = now, trainer.step
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        if self.timer is not None:
+            self.epoch_start, self.epoch_start_step = self.clock(), trainer.step
+
+    def on_step_end(self, trainer: Any, step: int, loss: Any) -> None:
+        timer = self.timer
+        if timer is None:
+            return
+        now = self.clock()
+        if not timer.due(now):
+            return
+        print(self.line(trainer, step, now), file=self.stream if self.stream is not None else sys.stdout, flush=True)
+        self.last_time, self.last_step = now, step
+
+    def line(self, trainer: Any, step: int, now: float) -> str:
+        t = trainer.cfg.trainer
+        per_epoch = max(int(trainer.steps_per_epoch), 1)
+        total = t.epochs * per_epoch if t.max_steps is None else min(t.epochs * per_epoch, t.max_steps)
+        batches = len(trainer.train_loader)
+        global_batch = trainer.cfg.loader.batch_size * t.accumulate * getattr(trainer.strategy, "world_size", 1)
+        window = now - self.last_time
+        rate = (step - self.last_step) * global_batch / window if window > 0 and step > self.last_step else None
+        # the epoch's own pace for its remainder; the run's pace so far (validation included) for the run
+        done_epoch, done_run = step - self.epoch_start_step, step - self.run_start_step
+        eta_epoch = eta_run = None
+        if done_epoch > 0 and done_run > 0:
+            in_epoch = -(-trainer.batch_in_epoch // t.accumulate)  # optimizer steps of this epoch so far
+            eta_epoch = max(per_epoch - in_epoch, 0) * (now - self.epoch_start) / done_epoch
+            eta_run = max(total - step, 0) * (now - self.run_start) / done_run
+        loss, when = last_synced_loss(trainer)
+        return progress_text(step, total, trainer.epoch + 1, t.epochs, trainer.batch_in_epoch, batches, rate, eta_epoch, eta_run, loss, when)
+
+
+def last_synced_loss(trainer: Any) -> tuple[float | None, str | None]:
+    """The training loss the loop last read to the host, and where: the last log step's (``trainer.last_logged``,
+    where the trainer keeps it: ``step N``), else the last finished epoch's mean (``epoch N mean``). Never a new sync."""
+    logged = getattr(trainer, "last_logged", None)
+    if isinstance(logged, dict) and isinstance(logged.get("train/loss"), float):
+        every = trainer.cfg.trainer.log_every
+        return logged["train/loss"], f"step {trainer.step - trainer.step % every}"
+    history = getattr(trainer, "history", None)
+    if history and isinstance(history[-1].get("train/loss"), float):
+        return history[-1]["train/loss"], f"epoch {len(history)} mean"
+    return None, None
+
+
+# --- one line at the start for what the run chose on its own ------------------------------------------
+
+HELD_OUT_OF_TRAIN = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")  # built-ins whose validation split is cut from train
+
+
+def validation_text(size: int, fraction: float) -> str:
+    """``validation: 6,000 held out of train (data.val_fraction=0.1)``."""
+    return f"validation: {size:,} held out of train (data.val_fraction={fraction:g})"
+
+
+def augmentation_text(dataset: str, transforms: list) -> str:
+    """``augmentation: RandomAffine (the mnist default; data.train_transforms=[] for none)``."""
+    names = ", ".join(next(iter(t)) if isinstance(t, dict) else str(t) for t in transforms)
+    return f"augmentation: {names} (the {dataset} default; data.train_transforms=[] for none)"
+
+
+def small_stem_text(name: str, image_size: Any) -> str:
+    size = "x".join(map(str, image_size)) if image_size else "small"
+    return (f"model.small_stem=auto -> on: {name} at {size} gets a 3x3 stride-1 stem without max-pooling "
+            f"(16x the compute of the ImageNet stem at 32x32; model.small_stem=false keeps it)")
+
+
+def start_notes(trainer: Any) -> list[str]:
+    """What the run chose on its own, one line each: the small ResNet stem under ``auto``, a built-in dataset's
+    validation split cut out of train, its default augmentation. (``loader.num_workers=auto`` says its own.)"""
+    cfg, notes = trainer.cfg, []
+    plain = trainer.strategy.unwrap(trainer.model)
+    conv, pool = getattr(plain, "conv1", None), getattr(plain, "maxpool", None)
+    if cfg.model.small_stem == "auto" and conv is not None and getattr(conv, "stride", None) == (1, 1) and isinstance(pool, torch.nn.Identity):
+        notes.append(small_stem_text(cfg.model.name, getattr(trainer.data.info, "image_size", None)))
+    if cfg.data.dataset in HELD_OUT_OF_TRAIN:
+        if trainer.data.val is not None and len(trainer.data.val) and cfg.data.val_fraction > 0:
+            notes.append(validation_text(len(trainer.data.val), cfg.data.val_fraction))
+        if cfg.data.train_transforms is None:
+            from trainyard.data.vision import DEFAULT_TRAIN_TRANSFORMS, DIGITS_TRAIN_TRANSFORMS
+
+            default = DIGITS_TRAIN_TRANSFORMS if cfg.data.dataset == "digits" else DEFAULT_TRAIN_TRANSFORMS.get(cfg.data.dataset)
+            if default:
+                notes.append(augmentation_text(cfg.data.dataset, default))
+    return notes
+
+
+class StartNotes(Callback):
+    """On the primary, once a run starts (not on a resume): :func:`start_notes`, each as ``trainyard: <note>``."""
+
+    def on_run_start(self, trainer: Any) -> None:
+        if not trainer.is_primary or trainer.step:
+            return
+        try:
+            notes = start_notes(trainer)
+        except Exception:  # a note is a courtesy: never the reason a run fails
+            return
+        for note in notes:
+            print(f"trainyard: {note}", flush=True)
+
+
 CALLBACKS = Registry("callback", "callbacks")
 CALLBACKS.register("first_batch_pictures", FirstBatchPictures, "graph, watch and image grids of the first batch (always on)")
 CALLBACKS.register("histograms", Histograms, "weight/gradient histograms every trainer.histogram_every epochs (always on)")
 CALLBACKS.register("data_wait", DataWaitWarning, "one warning when an epoch is data-bound (always on)")
-BUILT_IN = ("first_batch_pictures", "histograms", "data_wait")
+CALLBACKS.register("progress_lines", ProgressLines, "a plain progress line every trainer.progress_every_s when stdout is not a terminal (always on)")
+CALLBACKS.register("start_notes", StartNotes, "one line each at the start for what the run chose on its own (always on)")
+BUILT_IN = ("first_batch_pictures", "histograms", "data_wait", "progress_lines", "start_notes")
 
 
 def build_callbacks(specs: list, given: list | None = None, *, construct: bool = True) -> list[Any]:
