@@ -224,6 +224,9 @@ def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int, min_freque
     basic: lower-case words and single punctuation marks (torchtext's ``basic_english``) into a word vocabulary.
     wordpiece: BERT-style (lower-cased, accents kept) sub-words. bpe: byte-level BPE (GPT-2 style, never unknown).
     """
+    from trainyard.extras import require
+
+    require("tokenizers", "text", "text data")
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     special = [PAD, UNK]
@@ -251,7 +254,9 @@ def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int, min_freque
 
 
 def load_tokenizer(path: Path, key: str = "data.tokenizer"):
-    from tokenizers import Tokenizer
+    from trainyard.extras import require
+
+    Tokenizer = require("tokenizers", "text", key).Tokenizer
 
     try:
         return Tokenizer.from_file(str(path))

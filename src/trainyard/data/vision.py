@@ -1,4 +1,4 @@
-"""Image datasets: scikit-learn's bundled digits (the default job), torchvision's datasets, and image folders.
+"""Image datasets: the 8x8 handwritten digits (the default job), torchvision's datasets, and image folders.
 
 Every image stays a uint8 tensor (C, H, W) until the transforms convert it: MNIST and CIFAR are held in
 memory as one uint8 tensor, folders are decoded with ``torchvision.io.decode_image`` (no PIL on the way).
@@ -61,13 +61,27 @@ MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"I
 # --------------------------------------------------------------------------------------
 
 
-def digits(cfg: RunConfig) -> DataBundle:
-    """scikit-learn's load_digits: 1,797 real 8x8 handwritten digits, grey levels 0..16, as uint8 images 0..255."""
-    from sklearn.datasets import load_digits
+# scikit-learn's digits.csv.gz (BSD-3-Clause), shipped so the default job needs no scikit-learn: the test set of
+# E. Alpaydin and C. Kaynak's UCI "Optical Recognition of Handwritten Digits" (CC BY 4.0), 64 grey levels and a label a row.
+DIGITS_CSV = Path(__file__).with_name("digits.csv.gz")
 
-    raw = load_digits()
-    images = torch.from_numpy(raw.images).to(torch.float32).mul_(255.0 / 16.0).round_().to(torch.uint8).unsqueeze(1)
-    labels = torch.from_numpy(raw.target).long()
+
+def load_digits() -> tuple[Any, Any]:
+    """What scikit-learn's ``load_digits()`` gives as ``images`` ((1797, 8, 8) floats 0..16) and ``target`` (ints)."""
+    import gzip
+
+    import numpy as np
+
+    with gzip.open(DIGITS_CSV, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
+def digits(cfg: RunConfig) -> DataBundle:
+    """1,797 real 8x8 handwritten digits (scikit-learn's load_digits), grey levels 0..16, as uint8 images 0..255."""
+    raw_images, raw_labels = load_digits()
+    images = torch.from_numpy(raw_images).to(torch.float32).mul_(255.0 / 16.0).round_().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(raw_labels).long()
     base = TensorPairs(images, labels)
 
     d = cfg.data
