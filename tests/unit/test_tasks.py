@@ -225,3 +225,56 @@ def test_tasks_by_name_or_import_path():
     with pytest.raises(ConfigError, match="did you mean regression"):
         task_class("regresion")
     assert Task.default_loss is None and Task(info()).loss is None  # a task with no loss: the model brings its own
+
+
+# --- honest numbers: the test split's count and Wilson interval (issue 21) ----------------------------
+
+
+def test_wilson_interval_on_known_values():
+    from trainyard.tasks import wilson_interval
+
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)  # the textbook case
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    low, high = wilson_interval(359, 359)  # no error in 359: not "1.0000", at least 0.989
+    assert high == 1.0 and low == pytest.approx(0.9894, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_summary_text_gives_the_count_and_interval():
+    from trainyard.tasks import interval_entries, summary_text
+
+    final = {"test/loss": 0.02, "test/accuracy": 358 / 359, **interval_entries("test", "accuracy", 358, 359), "val/accuracy": 0.99}
+    assert summary_text(final) == "accuracy 0.9972 (358/359, 95% CI 0.984-1.000)"
+    assert summary_text({"test/loss": 0.5, "test/mae": 0.25}) == "mae 0.2500"
+    assert summary_text({"test/loss": 0.5}) == "loss 0.5000"
+    assert summary_text({"val/loss": 0.5}) == ""
+
+
+def _evaluate(task, logits, y, batch=4):
+    from trainyard.engine.evaluate import evaluate
+
+    class Fixed(torch.nn.Module):  # returns the logits of the samples it is given, by index
+        def forward(self, i):
+            return logits[i]
+
+    strategy = SimpleNamespace(device=torch.device("cpu"), predict=lambda model, x: model(x), all_reduce_sum=lambda t: t)
+    loader = [(torch.arange(i, min(i + batch, len(y))), y[i : i + batch]) for i in range(0, len(y), batch)]
+    return evaluate(Fixed(), loader, strategy, prefix="test", task=task, autocast=lambda: __import__("contextlib").nullcontext()).metrics
+
+
+def test_the_test_split_stores_its_count_and_interval_for_accuracy():
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    pred = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 1, 1])  # 8 of 10 right
+    logits = F.one_hot(pred, 3).float()
+    m = _evaluate(Classification(info(num_classes=3)), logits, y)
+    assert m["test/accuracy"] == pytest.approx(0.8)
+    assert (m["test/accuracy/correct"], m["test/accuracy/count"]) == (8.0, 10.0)
+    assert m["test/accuracy/low"] == pytest.approx(0.4902, abs=1e-4) and m["test/accuracy/high"] == pytest.approx(0.9433, abs=1e-4)
+    # a macro average is another quantity than the share right: no interval is claimed for it
+    macro = _evaluate(Classification(info(num_classes=3), metrics=[{"accuracy": {"metric": "MulticlassAccuracy", "average": "macro"}}]), logits, y)
+    assert "test/accuracy" in macro and not any(k.startswith("test/accuracy/") for k in macro)
+    # regression has no share metric; binary does
+    yb = torch.tensor([1, 0, 1, 1])
+    mb = _evaluate(Binary(info(num_classes=2)), torch.tensor([2.0, -1.0, -3.0, 1.0]), yb)
+    assert (mb["test/accuracy/correct"], mb["test/accuracy/count"]) == (3.0, 4.0)

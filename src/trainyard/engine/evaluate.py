@@ -13,7 +13,7 @@ from torch import nn
 
 from trainyard.devices import move
 from trainyard.parallel import Strategy
-from trainyard.tasks import Task, output_logits
+from trainyard.tasks import Task, interval_entries, output_logits
 
 
 @dataclass
@@ -32,9 +32,13 @@ def evaluate(
     task: Task,
     autocast: Callable[[], AbstractContextManager],
     collector: Any = None,
+    interval: bool | None = None,
 ) -> EvalResult:
     """Every sample of ``loader`` counts once (each rank sees its own shard); metrics are synced at compute().
-    ``collector`` (from ``task.collector``) sees every batch and is reduced over ranks at the end (collective)."""
+    ``collector`` (from ``task.collector``) sees every batch and is reduced over ranks at the end (collective).
+    ``interval`` (default: on the test split): a task's ``share_metric`` (accuracy) also gets the samples it
+    counted and its Wilson 95% interval, ``<prefix>/accuracy/correct``, ``/count``, ``/low``, ``/high``; from
+    the same totals as training's (``task.train_stat``), summed on the device and read with the metrics."""
     device = strategy.device
     loss_metric = torchmetrics.MeanMetric().to(device)
     metrics = task.build_metrics(device)
@@ -42,6 +46,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     saw_output = saw_logits = False
+    share = task.share_metric if (prefix == "test" if interval is None else interval) else None
+    share = share if share in metrics else None  # the task's own metric, not one task.metrics left out
+    right: torch.Tensor | None = None  # samples predicted right, summed where the outputs are (no sync)
+    counted = 0
     try:
         for x, y in loader:
             x = move(x, device)
@@ -62,6 +70,10 @@ def evaluate(
                     preds, target = task.metric_inputs(logits, y)
                     for metric in metrics.values():
                         metric.update(preds, target)
+                if share is not None:
+                    good, n = task.train_stat(logits, y)
+                    right = good if right is None else right + good.to(right.device)
+                    counted += n
                 if collector is not None:
                     collector.update(x, logits, y)
     finally:
@@ -78,6 +90,13 @@ def evaluate(
             values.update({f"{prefix}/{name}/{k}": float(v) for k, v in value.items()})
         else:
             values[f"{prefix}/{name}"] = float(value)
+    if share is not None and f"{prefix}/{share}" in values:  # every rank alike: the reduction is collective
+        good = right.to(device, torch.long) if right is not None else torch.zeros((), dtype=torch.long, device=device)
+        totals = strategy.all_reduce_sum(torch.stack([good.reshape(()), torch.tensor(counted, dtype=torch.long, device=device)]))
+        good, n = totals.tolist()  # sync point: once per evaluation, with the metrics
+        # the interval is of what the metric reports: a macro average or a top-k accuracy is another quantity
+        if n and abs(good / n - values[f"{prefix}/{share}"]) < 1e-4:
+            values.update(interval_entries(prefix, share, good, n))
     if collector is not None:
         collector.reduce(strategy)
     return EvalResult(values, collector)

@@ -228,7 +228,10 @@ def differing_hparams(runs: list[Run]) -> list[str]:
 
 
 def metric_columns(runs: list[Run]) -> list[str]:
-    names = {k for r in runs for k in r.metrics if k.startswith(("best/", "test/", "val/"))}
+    """The metrics' columns. A metric stored with its interval (``test/accuracy/low``, ``/high``, ``/count``) gets
+    two more: ``test/accuracy/ci`` (``0.827-0.898``, sorted by its lower end) and ``test/accuracy/count``."""
+    names = {k for r in runs for k in r.metrics if k.startswith(("best/", "test/", "val/")) and not is_interval_key(k)}
+    names |= {f"{k.rsplit('/', 1)[0]}/{part}" for r in runs for k in r.metrics if k.endswith("/low") and is_interval_key(k) for part in ("ci", "count")}
     order = {"best/": 0, "test/": 1, "val/": 2}
     return sorted(names, key=lambda k: (order[k[: k.index("/") + 1]], k))
 
@@ -262,7 +265,7 @@ def runs_table(runs: list[Run], sort: str = "started", reverse: bool = False) ->
     hparams = differing_hparams(readable) if len(readable) > 1 else []
     metrics = metric_columns(runs)
     headers = ["name", "status", "started", "duration", *hparams, *metrics]
-    raw = [[r.name, r.status, r.started, r.duration_s, *(r.config.get(k) for k in hparams), *(r.metrics.get(k) for k in metrics)] for r in runs]
+    raw = [[r.name, r.status, r.started, r.duration_s, *(r.config.get(k) for k in hparams), *(metric_value(r.metrics, k) for k in metrics)] for r in runs]
 
     column = sort_column(headers, sort)
     index = headers.index(column)
@@ -278,9 +281,40 @@ def runs_table(runs: list[Run], sort: str = "started", reverse: bool = False) ->
 
     present.sort(key=key, reverse=reverse)
     rows = []
+    run_of = {id(row): run for row, run in zip(raw, runs)}
+    first_metric = 4 + len(hparams)
     for row in present + missing + diverged:
-        rows.append([row[0], row[1], format_time(row[2]), format_duration(row[3]), *(format_value(v) for v in row[4:])])
+        cells = [format_value(v) for v in row[4:first_metric]] + [metric_cell(run_of[id(row)].metrics, k) for k in metrics]
+        rows.append([row[0], row[1], format_time(row[2]), format_duration(row[3]), *cells])
     return headers, rows
+
+
+INTERVAL_PARTS = ("correct", "count", "low", "high")  # test/<metric>/<part>, as trainyard.tasks.interval_entries writes them
+
+
+def is_interval_key(key: str) -> bool:
+    """``test/accuracy/low`` and its kin: parts of a metric's interval, not metrics of their own (read here without
+    importing torch, which trainyard.tasks needs)."""
+    head, _, part = key.rpartition("/")
+    return part in INTERVAL_PARTS and head.count("/") >= 1
+
+
+def metric_value(metrics: dict[str, Any], column: str) -> Any:
+    """A metric column's value to sort by: the metric, or for ``<metric>/ci`` the interval's lower end."""
+    if column.endswith("/ci"):
+        return metrics.get(column[: -len("ci")] + "low")
+    return metrics.get(column)
+
+
+def metric_cell(metrics: dict[str, Any], column: str) -> str:
+    """A metric column's cell: ``0.9415``; ``0.918-0.958`` for a 95% interval; ``359`` for a count."""
+    if column.endswith("/ci"):
+        low, high = metrics.get(column[: -len("ci")] + "low"), metrics.get(column[: -len("ci")] + "high")
+        return f"{low:.3f}-{high:.3f}" if all(isinstance(v, (int, float)) for v in (low, high)) else "-"
+    value = metrics.get(column)
+    if column.endswith("/count") and isinstance(value, (int, float)):
+        return str(int(round(value)))
+    return format_value(value)
 
 
 def sort_column(headers: list[str], sort: str) -> str:

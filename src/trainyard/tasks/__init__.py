@@ -10,6 +10,7 @@ test split gets. Built-ins: ``classification`` (the default), ``binary``, ``mult
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, Mapping
 
@@ -194,6 +195,9 @@ class Task:
     targets = "value"  # "class" (one id per sample), "binary", "labels" (0/1 vectors) or "value": how splits are stratified
     stat_dtype = torch.float32
     figures = False  # whether the test split collects pictures (confusion matrix, predictions)
+    # a metric that is the share of samples ``train_stat`` counts as right (accuracy): the test split also stores
+    # how many samples it counted and a Wilson 95% interval (``test/accuracy/correct``, ``/count``, ``/low``, ``/high``)
+    share_metric: str | None = None
 
     def __init__(self, info: Any, loss: Any = None, loss_args: dict | None = None, metrics: Any = None):
         self.info = info
@@ -256,6 +260,51 @@ class Task:
         ``reduce(strategy)`` (collective) and ``pictures() -> [(tag, kind, data)]``, kinds as in
         ``trainyard.track.figures.render``."""
         return None
+
+
+# --- honest numbers: a share with its count and interval --------------------------------------------
+
+INTERVAL_PARTS = ("correct", "count", "low", "high")  # test/<metric>/<part> (trainyard.runs.table reads the same names)
+
+
+def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for the default ``z``): unlike ``p +- z*se`` it stays
+    inside [0, 1] and is not zero-width at 0 or n successes (0 errors of 359: the accuracy is >= 0.989)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes <= 0 else low), (1.0 if successes >= n else high)  # exact at the ends, not 0.9999999999999998
+
+
+def interval_entries(prefix: str, name: str, correct: float, count: float) -> dict[str, float]:
+    """``{prefix/name/correct, /count, /low, /high}`` for ``correct`` of ``count`` samples."""
+    low, high = wilson_interval(correct, count)
+    return {f"{prefix}/{name}/correct": float(correct), f"{prefix}/{name}/count": float(count),
+            f"{prefix}/{name}/low": low, f"{prefix}/{name}/high": high}
+
+
+def metric_with_interval(metrics: Mapping[str, Any], key: str, digits: int = 4) -> str:
+    """``0.9972 (358/359, 95% CI 0.984-1.000)`` where the interval is stored, else ``0.9972``."""
+    value = metrics.get(key)
+    if not isinstance(value, (int, float)):
+        return "-" if value is None else str(value)
+    text = f"{value:.{digits}f}"
+    low, high, correct, count = (metrics.get(f"{key}/{p}") for p in ("low", "high", "correct", "count"))
+    if all(isinstance(v, (int, float)) for v in (low, high, correct, count)):
+        text += f" ({int(round(correct))}/{int(round(count))}, 95% CI {low:.3f}-{high:.3f})"
+    return text
+
+
+def summary_text(final: Mapping[str, Any], prefix: str = "test") -> str:
+    """What a run's end line says of ``prefix``'s metrics: ``accuracy 0.9972 (358/359, 95% CI 0.984-1.000)``,
+    every metric but the loss (the loss alone when there is nothing else); "" when there are none."""
+    names = [k for k in final if k.startswith(prefix + "/") and k.count("/") == 1]
+    shown = [k for k in names if k != f"{prefix}/loss"] or [k for k in names if k == f"{prefix}/loss"]
+    return ", ".join(f"{k.split('/', 1)[1]} {metric_with_interval(final, k)}" for k in shown)
 
 
 TASKS = Registry("task", "task.name")

@@ -26,6 +26,7 @@ class Classification(Task):
     train_metric = "accuracy"
     stat_dtype = torch.long
     figures = True
+    share_metric = "accuracy"  # train_stat counts the samples predicted right: the test split gets its interval
 
     def num_outputs(self) -> int | None:
         return self.info.num_classes
