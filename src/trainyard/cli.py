@@ -85,12 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0: a free port")
     p.set_defaults(handler="trainyard.commands.tracking:board")
 
-    p = sub.add_parser("sweep", help="a grid or random search over hyperparameters, one run per trial")
+    p = sub.add_parser("sweep", help="a grid, random or TPE search over hyperparameters (an Optuna study), one run per trial")
     p.add_argument("overrides", nargs="*", metavar="[RUN.yaml] key=v1,v2,...")
-    p.add_argument("--random", type=int, default=None, metavar="N", help="N random trials instead of the grid")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random trials")
-    p.add_argument("--name", default=None, help="sweep name (its folder under track.root)")
-    p.add_argument("--resume", metavar="SWEEP_DIR", default=None, help="continue an interrupted sweep from its sweep.json")
+    p.add_argument("--random", type=int, default=None, metavar="N", help="N random trials instead of the grid (--search random --trials N)")
+    p.add_argument("--search", default=None, choices=("grid", "random", "tpe"), help="grid (default), random or tpe (Optuna's TPE sampler)")
+    p.add_argument("--trials", type=int, default=None, metavar="N", help="number of trials of a random or tpe search")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random trials and of TPE")
+    p.add_argument("--prune", default=None, choices=("median", "hyperband"), help="stop trials whose validation metric falls behind")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="K trials at once, as processes on this machine")
+    p.add_argument("--storage", default=None, metavar="URL", help="the study on a database server (postgresql://...) for several machines; default: embedded in the sweep folder")
+    p.add_argument("--name", default=None, help="sweep name (its folder under track.root; the study's name)")
+    p.add_argument("--resume", metavar="SWEEP_DIR", default=None, help="continue an interrupted sweep (the same command does it too)")
     p.set_defaults(handler="trainyard.commands.tracking:sweep")
     return parser
 

@@ -79,29 +79,41 @@ def board(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from trainyard.commands import split_config_args
-    from trainyard.runs.table import format_table
-    from trainyard.runs.sweep import Sweep
+    import os
 
+    from trainyard.commands import split_config_args
+    from trainyard.runs.study import JOURNAL, redact
+    from trainyard.runs.sweep import Sweep
+    from trainyard.runs.table import format_table
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not 1 <= args.workers <= cpus:
+        raise ConfigError(f"--workers {args.workers}: this machine has {cpus} CPU{'s' if cpus > 1 else ''}; give 1 to {cpus}")
     if args.resume:
-        if args.overrides or args.random is not None or args.name:
-            raise ConfigError("--resume takes the sweep folder only: its sweep.json holds the spec")
-        job = Sweep.load(Path(args.resume))
+        if args.overrides or args.random is not None or args.name or args.search or args.trials is not None or args.prune:
+            raise ConfigError("--resume takes the sweep folder only (and --storage, --workers): the study holds the spec")
+        job = Sweep.load(Path(args.resume), storage=args.storage)
     else:
         config, items = split_config_args(args.overrides)
-        job = Sweep.create(config, items, args.random, args.seed, args.name)
-    todo = sum(t["status"] not in ("finished", "failed") for t in job.trials)
-    print(f"sweep {job.folder}: {len(job.trials)} trials, {todo} to run", flush=True)
-    done = job.run()
+        job = Sweep.create(config, items, args.random, args.seed, args.name, search=args.search, trials=args.trials, storage=args.storage, prune=args.prune)
+    todo = sum(t["status"] not in ("finished", "failed", "diverged", "pruned") for t in job.trials)
+    where = f"study {job.name} on {redact(args.storage)}" if args.storage else f"study {job.name} in {job.folder / JOURNAL}"
+    print(f"sweep {job.folder}: {len(job.trials)} trials, {todo} to run ({where})", flush=True)
+    done = job.run(workers=args.workers)
     headers, rows, monitor = job.summary()
     if rows:
         print(f"\nsweep {job.folder}" + (f", best {monitor} first:" if monitor else ":"))
         print(format_table(headers, rows))
+    resume = f"trainyard sweep --resume {job.folder}" + (" --storage URL" if args.storage else "")
     if not done:
-        print(f"trainyard: sweep interrupted; resume with: trainyard sweep --resume {job.folder}", file=sys.stderr)
+        print(f"trainyard: sweep interrupted; resume with: {resume} (or the same command)", file=sys.stderr)
         return 130
-    failed = [t["name"] for t in job.trials if t["status"] == "failed"]
+    trials = job.trials
+    left = [t["name"] for t in trials if t["status"] in ("pending", "running", "interrupted")]
+    if left:
+        print(f"{len(left)} trial{'s' if len(left) > 1 else ''} not done here (running elsewhere, or retried too often): {', '.join(left)}", file=sys.stderr)
+    failed = [t["name"] for t in trials if t["status"] == "failed"]
     if failed:
         print(f"{len(failed)} trial{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}", file=sys.stderr)
     print(f"compare them in TensorBoard's HParams tab: trainyard board {job.folder}")
-    return 1 if failed and len(failed) == len(job.trials) else 0
+    return 1 if failed and len(failed) == len(trials) else 0

@@ -1,241 +1,242 @@
-"""Hyperparameter sweeps: a grid or N random trials, each its own run under ``<track.root>/<sweep>/``.
+"""Hyperparameter sweeps on Optuna: a grid, N random trials or N TPE trials, each its own run under
+``<track.root>/<sweep>/trial-NNN``.
 
-``sweep.json`` in the sweep folder holds the spec and every trial's state, written after each change,
-so an interrupted sweep (Ctrl-C, a killed process, a reboot) continues where it stopped: finished and
-failed trials are kept, an interrupted trial resumes from its last.pt, pending trials start.
+The sweep is an Optuna study (embedded in ``<sweep>/optuna.journal``, or on a database server with
+``--storage URL``). Grid and random trials are all planned and queued when the study is made; every process
+that runs the same command, on this machine or another, joins the study and claims the next queued trial
+through the storage, so no trial is run twice. A trial interrupted anywhere (Ctrl-C, a killed worker, a lost
+machine) is queued again and resumes from its run folder's last.pt; run folders are never renamed or reused.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
+import hashlib
 import json
-import math
-import os
-import random
-import re
-import time
 from pathlib import Path
 from typing import Any
 
 from trainyard.config import load_config
 from trainyard.errors import ConfigError, TrainyardError
+from trainyard.runs.space import format_value, overrides_of, params_of, parse_sweep_args, plan_trials, ranges, space_difference, split_values  # noqa: F401 - re-exported
+from trainyard.runs.study import JOURNAL, SPEC_ATTR, load_study, open_storage, redact, wait_for_spec
+from trainyard.runs.worker import run_workers, say, trial_name, work
 
-STATE_FILE = "sweep.json"
-RANGE = re.compile(r"^(uniform|loguniform|randint)\((.*)\)$")
-
-
-def split_values(text: str) -> list[str]:
-    """``0.1,0.01`` -> [``0.1``, ``0.01``]; commas inside [], {}, () or quotes do not split (``[a,b],[c]``)."""
-    parts, depth, quote, start = [], 0, None, 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
+STATE_FILE = "sweep.json"  # where the study lives (study name, storage without its password): what --resume reads
+SEARCHES = ("grid", "random", "tpe")
+LAST = ("pruned", "failed", "diverged")  # ranked after every trial that trained to its end, in this order
+COMPARED = ("config_sha", "overrides", "axes", "search", "trials", "seed", "prune")  # what must match to join a study
 
 
-def parse_sweep_args(items: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Fixed overrides (one value) and sweep axes (``key=v1,v2,...`` or ``key=loguniform(a,b)``)."""
-    fixed: list[str] = []
-    axes: dict[str, list[str]] = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        key = key.strip()
-        if key in ("name",):
-            raise ConfigError(f"{item}: the sweep names each trial's run itself (trial-000, ...); name the sweep with --name")
-        if RANGE.match(text.strip()):
-            axes[key] = [text.strip()]
-            continue
-        values = split_values(text)
-        if len(values) > 1:
-            if key in axes:
-                raise ConfigError(f"{key}: given twice")
-            if any(v == "" for v in values):
-                raise ConfigError(f"{item}: empty value in the list")
-            axes[key] = values
-        else:
-            fixed.append(item)
-    return fixed, axes
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def _range(key: str, spec: str) -> tuple[str, float, float]:
-    kind, args = RANGE.match(spec).groups()  # type: ignore[union-attr]
-    try:
-        low, high = (float(a) for a in args.split(","))
-    except ValueError:
-        raise ConfigError(f"{key}={spec}: expected {kind}(LOW,HIGH) with two numbers") from None
-    if not low < high or (kind == "loguniform" and low <= 0):
-        raise ConfigError(f"{key}={spec}: need LOW < HIGH{' and LOW > 0' if kind == 'loguniform' else ''}")
-    return kind, low, high
+def _direction(cfg) -> tuple[str, str]:
+    """The monitored metric and whether the study maximizes it, from the config (the task's default monitor)."""
+    from trainyard.engine.trainer import monitor_mode
+    from trainyard.tasks import task_class
+
+    task = task_class(cfg.task.name)
+    monitor = task.monitor if cfg.trainer.monitor == "auto" else cfg.trainer.monitor
+    mode = cfg.trainer.monitor_mode
+    if mode == "auto":
+        mode = task.monitor_mode if monitor == task.monitor else monitor_mode(monitor, "auto")
+    return monitor, "maximize" if mode == "max" else "minimize"
 
 
-def plan_trials(axes: dict[str, list[str]], random_trials: int | None, seed: int) -> list[list[str]]:
-    """Each trial's overrides: the full grid, or ``random_trials`` samples (choices from lists, draws from ranges)."""
-    ranges = {k: _range(k, v[0]) for k, v in axes.items() if len(v) == 1 and RANGE.match(v[0])}
-    if random_trials is None:
-        if ranges:
-            raise ConfigError(f"{next(iter(ranges))}: a range needs random search (--random N)")
-        return [[f"{k}={v}" for k, v in zip(axes, combo)] for combo in itertools.product(*axes.values())]
-    rng = random.Random(seed)
-    lists = {k: v for k, v in axes.items() if k not in ranges}
-    grid = list(itertools.product(*lists.values()))
-    if not ranges:  # distinct samples of the grid
-        picks = rng.sample(grid, min(random_trials, len(grid)))
-        return [[f"{k}={v}" for k, v in zip(lists, combo)] for combo in picks]
-    trials = []
-    for _ in range(random_trials):
-        trial = []
-        for key in axes:
-            if key in ranges:
-                kind, low, high = ranges[key]
-                if kind == "uniform":
-                    value = f"{rng.uniform(low, high):.6g}"
-                elif kind == "loguniform":
-                    value = f"{math.exp(rng.uniform(math.log(low), math.log(high))):.6g}"
-                else:
-                    value = str(rng.randint(int(low), int(high)))
-            else:
-                value = rng.choice(lists[key])
-            trial.append(f"{key}={value}")
-        trials.append(trial)
-    return trials
+def _check_trials(config: str | None, fixed: list[str], axes: dict[str, list[str]], planned: list[list[str]] | None) -> None:
+    """Every trial's config is valid before the first one trains (TPE: each list value and each range's ends)."""
+    if planned is None:
+        spans = ranges(axes)
+        values = {k: [format_value(spans[k][0], spans[k][1]), format_value(spans[k][0], spans[k][2])] if k in spans else v for k, v in axes.items()}
+        planned = [[f"{k}={value if k == key else values[k][0]}" for k in axes] for key in axes for value in values[key]]
+    for overrides in planned:
+        load_config(config, fixed + overrides)
 
 
 class Sweep:
-    def __init__(self, folder: Path, state: dict[str, Any]):
+    def __init__(self, folder: Path, study: Any, spec: dict, name: str, storage: str | None, config: str | None):
         self.folder = folder
-        self.state = state
+        self.study = study
+        self.spec = spec
+        self.name = name
+        self.storage = storage
+        self.config = config  # this machine's path of the run config (the spec holds its contents' hash)
 
-    @property
-    def trials(self) -> list[dict[str, Any]]:
-        return self.state["trials"]
-
-    def save(self) -> None:
-        tmp = self.folder / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2), encoding="utf-8")
-        os.replace(tmp, self.folder / STATE_FILE)
-
+    # --- making or joining the study ------------------------------------------------------
     @classmethod
-    def load(cls, folder: Path) -> "Sweep":
-        path = Path(folder) / STATE_FILE
-        try:
-            return cls(Path(folder), json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise TrainyardError(f"--resume {folder}: not a sweep folder (no {STATE_FILE})") from None
-        except ValueError as exc:
-            raise TrainyardError(f"{path}: unreadable ({exc})") from None
+    def create(cls, config: str | None, items: list[str], random_trials: int | None, seed: int, name: str | None, *,
+               search: str | None = None, trials: int | None = None, storage: str | None = None, prune: str | None = None) -> "Sweep":
+        """Make the sweep's study, or join the one of this name (the same search space and settings, else one line naming what differs)."""
+        import optuna
 
-    @classmethod
-    def create(cls, config: str | None, items: list[str], random_trials: int | None, seed: int, name: str | None) -> "Sweep":
-        """A new sweep, or the existing one of the same name and spec (which then resumes)."""
-        if random_trials is not None and random_trials < 1:
-            raise ConfigError(f"--random {random_trials}: must be >= 1")
+        from trainyard.runs.prune import PRUNERS
+
+        search, total_trials = _search(search, random_trials, trials)
+        if prune is not None and prune not in PRUNERS:
+            raise ConfigError(f"--prune {prune}: not a pruner; pruners: {', '.join(PRUNERS)}")
         fixed, axes = parse_sweep_args(items)
         if not axes:
             raise ConfigError("nothing to sweep: give at least one key with several values, e.g. optim.lr=0.1,0.01")
         base = load_config(config, fixed)  # checks the fixed part once, with clear errors
-        trials = plan_trials(axes, random_trials, seed)
-        for overrides in trials:  # every trial's config is valid before the first one trains
-            load_config(config, fixed + overrides)
-        spec = {"config": str(Path(config).resolve()) if config else None, "overrides": fixed, "axes": axes, "random": random_trials, "seed": seed}
-        name = name or "sweep-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        planned = plan_trials(axes, total_trials if search == "random" else None, seed) if search != "tpe" else None
+        _check_trials(config, fixed, axes, planned)
+        monitor, direction = _direction(base)
+        if prune is not None:
+            has_val = base.data.val_fraction > 0 or base.data.val_path is not None
+            if not has_val or not monitor.startswith("val/"):
+                raise ConfigError(f"--prune {prune}: needs a validation split to compare trials by (data.val_fraction={base.data.val_fraction}, "
+                                  f"trainer.monitor={monitor}); set data.val_fraction above 0 and monitor a val/ metric")
+        compared = {
+            "config_sha": _sha(Path(config).read_bytes()) if config else None,
+            "overrides": [f for f in fixed if not f.partition("=")[0].strip().startswith("track.root")],  # where trials are kept may differ per machine
+            "axes": axes, "search": search, "trials": total_trials, "seed": seed, "prune": prune,
+        }
+        total = len(planned) if planned is not None else total_trials
+        spec = {**compared, "config": str(Path(config).resolve()) if config else None, "total": total, "width": max(3, len(str(total - 1))),
+                "epochs": base.trainer.epochs, "monitor": monitor, "direction": direction, "version": 1}
+        name = name or "sweep-" + _sha(json.dumps(compared, sort_keys=True).encode())[:8]  # the same command: the same study
         if not name or "/" in name or name in (".", ".."):
             raise ConfigError(f"--name {name!r}: must be a plain folder name")
         folder = Path(base.track.root) / name
-        if (folder / STATE_FILE).exists():
-            sweep = cls.load(folder)
-            if sweep.state["spec"] != spec:
-                raise TrainyardError(f"sweep {folder} exists with another spec; resume it with --resume {folder}, or pick another --name")
-            return sweep
-        if folder.exists():
-            raise TrainyardError(f"{folder} exists and is not a sweep; pick another --name")
+        if storage is None and folder.is_dir() and not (folder / JOURNAL).exists() and any(folder.iterdir()):
+            hint = " (a sweep of an older trainyard: its sweep.json is not an Optuna study)" if (folder / STATE_FILE).exists() else ""
+            raise TrainyardError(f"{folder} exists and is not a sweep{hint}; pick another --name")
+        store = open_storage(storage, folder) if storage is not None else None  # a database that cannot be reached: nothing made here
         try:
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrainyardError(f"track.root={base.track.root}: cannot create sweep folder {folder} ({exc.strerror})") from None
-        width = max(3, len(str(len(trials) - 1)))
-        state = {
-            "spec": spec,
-            "created": time.time(),
-            "trials": [{"name": f"trial-{i:0{width}d}", "overrides": o, "status": "pending"} for i, o in enumerate(trials)],
-        }
-        sweep = cls(folder, state)
-        sweep.save()
-        return sweep
+        store = store or open_storage(None, folder)
+        try:
+            study = optuna.create_study(study_name=name, storage=store, direction=direction)
+            made = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=store)
+            made = False
+        if made:
+            for overrides in planned if planned is not None else [[]] * total:
+                study.enqueue_trial(params_of(overrides, axes))
+            study.set_user_attr(SPEC_ATTR, spec)  # last: a joiner waits for it, so it never sees half the queue
+        else:
+            theirs = wait_for_spec(study)
+            _same_spec(name, compared, theirs)
+            spec = {**theirs, "config": spec["config"]}
+        (folder / STATE_FILE).write_text(json.dumps({"study": name, "storage": redact(storage) if storage else JOURNAL}, indent=2) + "\n", encoding="utf-8")
+        study, spec = load_study(folder, storage, name, worker=0, joined=not made)
+        return cls(folder, study, spec, name, storage, config)
 
-    def trial_config(self, trial: dict[str, Any]):
-        spec = self.state["spec"]
-        extra = [f"track.root={self.folder}", f"name={trial['name']}"]
-        return load_config(spec["config"], spec["overrides"] + trial["overrides"] + extra)
+    @classmethod
+    def load(cls, folder: Path | str, storage: str | None = None) -> "Sweep":
+        """The sweep of a folder (``--resume SWEEP_DIR``); a study on a database server needs its ``--storage`` again."""
+        folder = Path(folder)
+        path = folder / STATE_FILE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            name = state["study"]
+        except FileNotFoundError:
+            raise TrainyardError(f"--resume {folder}: not a sweep folder (no {STATE_FILE})") from None
+        except (ValueError, KeyError, TypeError):
+            raise TrainyardError(f"{path}: unreadable (not a sweep of this trainyard)") from None
+        if storage is None and state.get("storage") != JOURNAL:
+            raise TrainyardError(f"--resume {folder}: its study is on {state.get('storage')}; give --storage URL (with the password) too")
+        study, spec = load_study(folder, storage, name, worker=0, joined=True)
+        return cls(folder, study, spec, name, storage, spec.get("config"))
 
-    def run(self, log=print) -> bool:
-        """Run every trial not yet done, in order. True when all are done; False when interrupted."""
-        from trainyard.engine.run import train
-        from trainyard.errors import Interrupted
-        from trainyard.track.rundir import read_status
+    # --- running ------------------------------------------------------------------------
+    def run(self, log=say, workers: int = 1) -> bool:
+        """Claim and train trials until the study has none left (also those of other processes, which this one
+        takes over if they die). True when done; False when interrupted."""
+        if workers > 1:
+            open_args = {"folder": str(self.folder), "storage": self.storage, "name": self.name, "joined": True}
+            return run_workers(open_args, self.config, workers, log)
+        return work(self.study, self.spec, self.folder, self.config, log)
 
-        total = len(self.trials)
-        for number, trial in enumerate(self.trials, 1):
-            if trial["status"] in ("finished", "failed", "diverged"):
-                continue
-            cfg = self.trial_config(trial)
-            run_dir = self.folder / trial["name"]
-            resume = None
-            if run_dir.exists():
-                if (run_dir / "checkpoints" / "last.pt").exists() and read_status(run_dir).get("status") != "finished":
-                    resume = run_dir
-                else:  # stopped before its first checkpoint: keep it aside, start the trial again
-                    run_dir.rename(run_dir.with_name(f"{trial['name']}.aborted-{int(time.time())}"))
-            log(f"== {trial['name']} ({number}/{total}){' resumed' if resume else ''}: {' '.join(trial['overrides'])}")
-            trial["status"] = "running"
-            self.save()
-            try:
-                train(cfg, resume=resume)
-            except (Interrupted, KeyboardInterrupt):
-                trial["status"] = "interrupted"
-                self.save()
-                return False
-            except Exception as exc:  # one failing trial (diverged, out of memory) does not end the sweep
-                # diverged (trainer.on_nonfinite=stop): as its run folder says (a multi-process run's error arrives re-created)
-                diverged = getattr(exc, "run_status", None) == "diverged" or read_status(run_dir).get("status") == "diverged"
-                trial["status"] = "diverged" if diverged else "failed"
-                trial["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                log(f"   {trial['name']} {trial['status']}: {trial['error']}")
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        """One entry per planned trial, its latest attempt: name (run folder), overrides, status, error, number."""
+        from optuna.trial import TrialState
+
+        latest: dict[int, Any] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            latest[t.system_attrs.get("failed_trial", t.number)] = t  # retries come later in number order
+        out = []
+        for number, t in sorted(latest.items()):
+            if t.state == TrialState.COMPLETE:
+                status = "finished"
+            elif t.state == TrialState.PRUNED:
+                status = "pruned"
+            elif t.state == TrialState.FAIL:
+                status = t.user_attrs.get("status", "failed")
+            elif t.state == TrialState.RUNNING:
+                status = "running"
             else:
-                trial["status"] = "finished"
-            status = read_status(run_dir)
-            trial.update(final=status.get("final"), best=status.get("best"), monitor=status.get("monitor"))
-            self.save()
-        return True
+                status = "interrupted" if "failed_trial" in t.system_attrs else "pending"
+            overrides = t.user_attrs.get("overrides") or overrides_of(t.system_attrs.get("fixed_params") or t.params, self.spec["axes"])
+            entry = {"name": t.user_attrs.get("run") or trial_name(number, self.spec["width"]), "overrides": overrides, "status": status, "number": number}
+            if t.user_attrs.get("error"):
+                entry["error"] = t.user_attrs["error"]
+            if t.value is not None:
+                entry["value"] = t.value
+            out.append(entry)
+        return out
 
     def summary(self) -> tuple[list[str], list[list[str]], str | None]:
-        """The trials' table, best first (by each run's best monitored value; diverged trials last), and the monitored metric."""
-        from trainyard.engine.trainer import monitor_mode
-        from trainyard.runs.table import find_runs, load_run, runs_table
+        """The trials' table, best first (by each run's best monitored value; pruned, failed, diverged trials last), and the monitored metric."""
+        from trainyard.runs.table import load_run, runs_table
 
-        names = {t["name"] for t in self.trials}
-        runs = [load_run(p, self.folder) for p in find_runs(self.folder, max_depth=1) if p.name in names]
+        runs = []
+        for trial in self.trials:
+            path = self.folder / trial["name"]
+            if (path / "config.yaml").is_file():
+                try:
+                    runs.append(load_run(path, self.folder, tolerant=True))
+                except TrainyardError:
+                    continue
         if not runs:
             return [], [], None
-        monitor = next((r.monitor for r in runs if r.monitor), None)
-        if monitor is None:
-            headers, rows = runs_table(runs, sort="name")
-            return headers, rows, None
-        cfg = self.trial_config(self.trials[0])
+        monitor = next((r.monitor for r in runs if r.monitor), None) or self.spec.get("monitor")
         recorded = next((r.status_json.get("monitor_mode") for r in runs if r.status_json.get("monitor_mode")), None)  # the task's own direction
-        mode = recorded or monitor_mode(monitor, cfg.trainer.monitor_mode)
+        mode = recorded or ("max" if self.spec.get("direction") == "maximize" else "min")
         try:
             headers, rows = runs_table(runs, sort=f"best/{monitor}", reverse=mode == "max")
         except ConfigError:  # no trial got as far as a best value
             headers, rows = runs_table(runs, sort="name")
+        rank = {status: i + 1 for i, status in enumerate(LAST)}
+        rows.sort(key=lambda row: rank.get(row[1], 0))  # stable: best first within each group
         return headers, rows, monitor
+
+
+def _search(search: str | None, random_trials: int | None, trials: int | None) -> tuple[str, int | None]:
+    """``--search`` with ``--trials``, or the older ``--random N``: (search, number of trials)."""
+    if random_trials is not None and random_trials < 1:
+        raise ConfigError(f"--random {random_trials}: must be >= 1")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials {trials}: must be >= 1")
+    if search is not None and search not in SEARCHES:
+        raise ConfigError(f"--search {search}: not a search; searches: {', '.join(SEARCHES)}")
+    if random_trials is not None:
+        if search not in (None, "random") or (trials is not None and trials != random_trials):
+            raise ConfigError(f"--random {random_trials}: is --search random --trials {random_trials}; give one or the other")
+        return "random", random_trials
+    search = search or ("random" if trials is not None else "grid")
+    if search == "grid" and trials is not None:
+        raise ConfigError(f"--trials {trials}: a grid runs every combination; for a number of trials use --search random or --search tpe")
+    if search in ("random", "tpe") and trials is None:
+        raise ConfigError(f"--search {search}: needs --trials N")
+    return search, trials
+
+
+def _same_spec(name: str, mine: dict, theirs: dict) -> None:
+    """Joining a study needs the same search space and settings: one line naming what differs."""
+    differ = space_difference(mine["axes"], theirs.get("axes") or {})
+    if differ:
+        raise TrainyardError(f"sweep {name} exists with another search space (keys that differ: {', '.join(differ)}); pick another --name")
+    fixed = {f.partition("=")[0].strip(): f for f in mine["overrides"]}
+    other = {f.partition("=")[0].strip(): f for f in theirs.get("overrides") or []}
+    keys = sorted(k for k in set(fixed) | set(other) if fixed.get(k) != other.get(k))
+    settings = [f"--{k}" for k in ("search", "trials", "seed", "prune") if mine[k] != theirs.get(k)]
+    if mine["config_sha"] != theirs.get("config_sha"):
+        settings.append("the config file's contents")
+    if keys or settings:
+        raise TrainyardError(f"sweep {name} exists with other settings (differ: {', '.join(keys + settings)}); pick another --name")
