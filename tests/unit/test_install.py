@@ -13,7 +13,8 @@ import pytest
 from trainyard.errors import TrainyardError
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTRAS = {"sklearn": "sklearn", "tokenizers": "text", "wandb": "wandb"}  # optional package -> its extra
+EXTRAS = {"sklearn": "sklearn", "tokenizers": "text", "wandb": "wandb"}  # optional module -> its extra
+PIP_NAMES = {"sklearn": "scikit-learn"}
 
 
 def project() -> dict:
@@ -77,4 +78,4 @@ def test_a_missing_optional_package_is_one_line_naming_its_extra(monkeypatch, pa
     with pytest.raises(TrainyardError) as info:
         call()
     (line,) = str(info.value).splitlines()
-    assert line.endswith(f"needs the {package} package; install it with: pip install 'trainyard[{EXTRAS[package]}]'"), line
+    assert line.endswith(f"needs {PIP_NAMES.get(package, package)}; install it with: pip install 'trainyard[{EXTRAS[package]}]'"), line

@@ -28,7 +28,7 @@ def diabetes(cfg: RunConfig) -> DataBundle:
     """scikit-learn's bundled diabetes data: 442 patients, 10 standardised features, disease progression after one year."""
     from trainyard.extras import require
 
-    raw = require("sklearn.datasets", "sklearn", "data.dataset=diabetes").load_diabetes()
+    raw = require("sklearn.datasets", "sklearn", "data.dataset=diabetes", "scikit-learn").load_diabetes()
     x = torch.as_tensor(raw.data, dtype=torch.float32)
     y = torch.as_tensor(raw.target, dtype=torch.float32)
     return from_splits(cfg, TensorDataset(x, y), "data.dataset=diabetes")
