@@ -86,7 +86,8 @@ h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-
 .sub { color: #667; } .status { padding: .1rem .5rem; border-radius: .6rem; color: #fff; font-size: .85rem; }
 .finished { background: #2a7d46; } .running { background: #2563eb; } .failed { background: #b42318; } .interrupted { background: #b54708; } .unknown { background: #667; }
 table { border-collapse: collapse; } td, th { padding: .2rem .8rem .2rem 0; text-align: left; vertical-align: top; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-pre { background: #f5f6f8; padding: .8rem; overflow-x: auto; font-size: 12px; } img, svg { max-width: 100%; height: auto; }
+pre { background: #f5f6f8; padding: .8rem; overflow-x: auto; font-size: 12px; } svg { max-width: 100%; height: auto; }
+img { image-rendering: pixelated; } .headline { font-size: 1.05rem; } .metrics { display: flex; gap: 3rem; flex-wrap: wrap; } h3 { font-size: 1rem; margin-bottom: .3rem; }
 figure { margin: 1rem 0; } figcaption { color: #667; font-size: .85rem; }
 """
 
@@ -102,7 +103,9 @@ def learning_curves_svg(run: Run) -> str | None:
     """One panel per quantity (loss, accuracy, lr, ...), the train/val/test splits overlaid, as inline SVG."""
     import matplotlib
 
-    names = [n for n in all_metric_names([run]) if not n.startswith(("perf/", "time/", "best/"))]
+    from trainyard.runs.table import is_interval_key
+
+    names = [n for n in all_metric_names([run]) if not n.startswith(("perf/", "time/", "best/")) and not is_interval_key(n)]
     panels: dict[str, list[str]] = {}
     for name in names:
         panels.setdefault(name.split("/", 1)[1] if "/" in name else name, []).append(name)
@@ -127,8 +130,29 @@ def learning_curves_svg(run: Run) -> str | None:
     return svg
 
 
+MIN_IMAGE_WIDTH = 480  # pixels: a smaller picture (a grid of 8x8 digits is ~70) is scaled up, nearest neighbour
+
+
+def scaled_png(data: bytes, min_width: int = MIN_IMAGE_WIDTH) -> bytes:
+    """The PNG scaled up by a whole factor with nearest neighbour (every pixel a crisp block) until it is at least
+    ``min_width`` wide; as it was when already that wide, or when it cannot be read."""
+    try:
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception:
+        return data
+    factor = -(-min_width // max(image.width, 1))
+    if factor <= 1:
+        return data
+    buf = io.BytesIO()
+    image.resize((image.width * factor, image.height * factor), Image.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(scaled_png(path.read_bytes())).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
@@ -140,6 +164,48 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "<table>" + "".join(cells) + "</table>"
 
 
+# media/<tag>.png -> (title, caption); any other picture is titled from its tag in words
+PICTURES = [
+    ("test_confusion_matrix.png", "Confusion matrix", "test set, best checkpoint; rows: true class, columns: predicted"),
+    ("test_misclassified.png", "Sample predictions",
+     "misclassified test samples (predicted / true label): the most confident mistakes first, a few from each true class"),
+    ("test_predictions.png", "Predicted against true", "test set, best checkpoint; the dashed diagonal is a perfect model"),
+    ("data_train_samples.png", "Training samples with their labels", "after augmentation, as `trainyard preview` shows them"),
+    ("data_train_batch.png", "A training batch", "as the model sees it, after augmentation (normalisation undone)"),
+]
+SPLIT_WORDS = {"test": "test", "val": "validation", "train": "training", "data": "data"}
+
+
+def picture_title(stem: str) -> str:
+    """``data_train_samples`` -> ``Data: train samples``; ``my_plot`` -> ``My plot``: words, not a raw tag."""
+    head, _, rest = stem.partition("_")
+    if head in SPLIT_WORDS and rest:
+        return f"{SPLIT_WORDS[head].capitalize()}: {rest.replace('_', ' ')}"
+    text = stem.replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+QUALITY_PREFIXES = ("best/", "test/", "val/", "train/")
+
+
+def split_metrics(metrics: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(quality metrics: best/, test/, val/, train/ in that order; the rest: lr, perf/*, time/*, ...). An interval's
+    parts (``test/accuracy/low``, ...) are left out: they show in their metric's row."""
+    from trainyard.runs.table import is_interval_key
+
+    keys = [k for k in metrics if not is_interval_key(k)]
+    quality = sorted((k for k in keys if k.startswith(QUALITY_PREFIXES)), key=lambda k: (QUALITY_PREFIXES.index(k[: k.index("/") + 1]), k))
+    return quality, sorted(k for k in keys if not k.startswith(QUALITY_PREFIXES))
+
+
+def _metric_text(metrics: dict[str, Any], key: str) -> Any:
+    from trainyard.tasks import metric_with_interval
+
+    if isinstance(metrics.get(key), float) and f"{key}/low" in metrics:
+        return metric_with_interval(metrics, key)
+    return metrics[key]
+
+
 def build_report(run: Run) -> str:
     s = run.status_json
     media = run.path / "media"
@@ -149,21 +215,25 @@ def build_report(run: Run) -> str:
         f" &nbsp;started {format_time(run.started)} &middot; wall time {format_duration(run.duration_s)} &middot; {html.escape(str(run.path))}</p>",
     ]
     if run.metrics:
-        keys = sorted(run.metrics, key=lambda k: (not k.startswith("best/"), not k.startswith("test/"), not k.startswith("val/"), k))
+        from trainyard.tasks import summary_text
+
+        quality, details = split_metrics(run.metrics)
         title = "Final metrics" if s.get("final") else "Latest metrics"
         monitor = f" (best {html.escape(run.monitor)}: {format_value(run.best)})" if run.monitor else ""
-        parts += [f"<h2>{title}{monitor}</h2>", _table([(k, run.metrics[k]) for k in keys])]
+        parts.append(f"<h2>{title}{monitor}</h2>")
+        tested = summary_text(run.metrics)
+        if tested:
+            parts.append(f'<p class="headline">test {html.escape(tested)}</p>')
+        tables = [f"<div><h3>Quality</h3>{_table([(k, _metric_text(run.metrics, k)) for k in quality])}</div>"] if quality else []
+        if details:
+            tables.append(f"<div><h3>Learning rate and performance</h3>{_table([(k, run.metrics[k]) for k in details])}</div>")
+        parts.append(f'<div class="metrics">{"".join(tables)}</div>')
     svg = learning_curves_svg(run)
     parts += ["<h2>Learning curves</h2>", svg if svg else "<p>no metrics logged yet</p>"]
 
-    pictures = [
-        ("test_confusion_matrix.png", "Confusion matrix", "test set, best checkpoint; rows: true class, columns: predicted"),
-        ("test_misclassified.png", "Sample predictions", "misclassified test samples: predicted / true label"),
-        ("test_predictions.png", "Predicted against true", "test set, best checkpoint; the dashed diagonal is a perfect model"),
-        ("data_train_batch.png", "A training batch", "as the model sees it, after augmentation (normalisation undone)"),
-    ]
+    pictures = list(PICTURES)
     known = {name for name, _, _ in pictures}
-    pictures += [(p.name, p.stem, "") for p in sorted(media.glob("*.png")) if p.name not in known] if media.is_dir() else []
+    pictures += [(p.name, picture_title(p.stem), "") for p in sorted(media.glob("*.png")) if p.name not in known] if media.is_dir() else []
     for filename, title, caption in pictures:
         path = media / filename
         if path.is_file():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import random
 from typing import Any
 
 import torch
@@ -61,6 +63,10 @@ class Classification(Task):
     def predicted_classes(self, out: torch.Tensor) -> torch.Tensor:
         return out.max(1).indices
 
+    def confidence(self, out: torch.Tensor) -> torch.Tensor:
+        """The probability the model gives its predicted class (how sure a mistake was)."""
+        return out.float().softmax(1).max(1).values
+
     def true_classes(self, y: torch.Tensor) -> torch.Tensor:
         return y.long()
 
@@ -111,6 +117,10 @@ class Binary(Classification):
 
     def predicted_classes(self, out: torch.Tensor) -> torch.Tensor:
         return out.reshape(-1).gt(0).long()
+
+    def confidence(self, out: torch.Tensor) -> torch.Tensor:
+        p = out.float().reshape(-1).sigmoid()
+        return torch.maximum(p, 1 - p)
 
     def true_classes(self, y: torch.Tensor) -> torch.Tensor:
         return y.reshape(-1).gt(0.5).long()
@@ -165,25 +175,67 @@ class Multilabel(Task):
 
 
 class ConfusionCollector:
-    """On the test split: the confusion matrix, and up to ``keep_wrong`` misclassified images with their titles."""
+    """On the test split: the confusion matrix, and up to ``keep_wrong`` misclassified images with their titles,
+    drawn across the true classes: the most confident mistakes of each class first, a few per class, so a
+    class-sorted test set shows more than its first class. Ties (saturated probabilities) break by a seeded
+    random draw. At most ``4 * keep_wrong`` candidate images are held at any time."""
 
-    def __init__(self, task: Classification, keep_wrong: int):
+    def __init__(self, task: Classification, keep_wrong: int, seed: int = 0):
         self.task, self.keep_wrong = task, keep_wrong
         k = task.info.num_classes if task.name != "binary" else 2
         self.classes = task.info.classes if task.info.classes and len(task.info.classes) == k else [str(c) for c in range(k)]
         self.matrix: torch.Tensor | None = None
         self.k = k
-        self.images: list[torch.Tensor] = []
-        self.titles: list[str] = []
+        self.per_class = max(2, -(-keep_wrong // min(k, 8)))  # 32 images over 10 classes: up to 4 each
+        self.limit = 4 * keep_wrong
+        self.random = random.Random(seed)
+        self.candidates: dict[int, list[tuple[float, float, int, torch.Tensor, int]]] = {}  # true class -> min-heap
+        self.held = 0
+        self.seen = 0
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        return [c[3] for c in self.chosen()]
+
+    @property
+    def titles(self) -> list[str]:
+        return [f"pred {self.classes[c[4]]} / true {self.classes[t]}" for t, c in self.chosen(with_class=True)]
 
     def update(self, x: Any, out: torch.Tensor, y: torch.Tensor) -> None:
         preds, true = self.task.predicted_classes(out), self.task.true_classes(y)
         counts = torch.bincount(true * self.k + preds, minlength=self.k * self.k).view(self.k, self.k)
         self.matrix = counts if self.matrix is None else self.matrix + counts
-        if self.keep_wrong and len(self.images) < self.keep_wrong and isinstance(x, torch.Tensor) and x.dim() == 4:
-            for i in torch.nonzero(preds != true).flatten().tolist()[: self.keep_wrong - len(self.images)]:
-                self.images.append(x[i].cpu())
-                self.titles.append(f"pred {self.classes[int(preds[i])]} / true {self.classes[int(true[i])]}")
+        if not (self.keep_wrong and isinstance(x, torch.Tensor) and x.dim() == 4):
+            return
+        wrong = torch.nonzero(preds != true).flatten()
+        if not wrong.numel():
+            return
+        confidence = self.task.confidence(out[wrong]).tolist()  # host sync: the test split only, for the pictures
+        for i, conf, t, p in zip(wrong.tolist(), confidence, true[wrong].tolist(), preds[wrong].tolist()):
+            heap = self.candidates.setdefault(t, [])
+            entry = (conf, self.random.random(), self.seen, x[i].detach().cpu(), p)
+            self.seen += 1
+            if len(heap) < self.per_class:
+                heapq.heappush(heap, entry)
+                self.held += 1
+            elif entry[:2] > heap[0][:2]:
+                heapq.heapreplace(heap, entry)
+            if self.held > self.limit:  # many classes with errors: drop the least confident of the fullest class
+                fullest = max(self.candidates.values(), key=len)
+                heapq.heappop(fullest)
+                self.held -= 1
+
+    def chosen(self, with_class: bool = False) -> list:
+        """Round robin over the classes (the class with the most confident mistake first): each one's most
+        confident mistake, then each one's second, ... up to ``keep_wrong``."""
+        ranked = {t: sorted(heap, key=lambda e: e[:2], reverse=True) for t, heap in self.candidates.items() if heap}
+        order = sorted(ranked, key=lambda t: ranked[t][0][:2], reverse=True)
+        out: list = []
+        for depth in range(self.per_class):
+            for t in order:
+                if depth < len(ranked[t]) and len(out) < self.keep_wrong:
+                    out.append((t, ranked[t][depth]) if with_class else ranked[t][depth])
+        return out
 
     def reduce(self, strategy: Any) -> None:
         if self.matrix is not None or strategy.processes > 1:
@@ -196,6 +248,7 @@ class ConfusionCollector:
         out = []
         if self.matrix is not None:
             out.append(("test/confusion_matrix", "confusion", {"matrix": self.matrix.cpu(), "classes": self.classes}))
-        if self.images:
-            out.append(("test/misclassified", "labelled_grid", {"images": torch.stack(self.images), "titles": self.titles, "mean": info.mean, "std": info.std}))
+        images = self.images
+        if images:
+            out.append(("test/misclassified", "labelled_grid", {"images": torch.stack(images), "titles": self.titles, "mean": info.mean, "std": info.std}))
         return out
