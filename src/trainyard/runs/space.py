@@ -62,13 +62,16 @@ def parse_sweep_args(items: list[str]) -> tuple[list[str], dict[str, list[str]]]
             raise ConfigError(f"{item!r}: expected key.sub=value or key.sub=v1,v2,...")
         if key in ("name",):
             raise ConfigError(f"{item}: the sweep names each trial's run itself (trial-000, ...); name the sweep with --name")
-        if key in axes or any(f.partition("=")[0].strip() == key for f in fixed):
+        if key in axes:
             raise ConfigError(f"{key}: given twice")
         _check_call(key, text)
+        values = split_values(text)
+        if RANGE.match(text) or len(values) > 1:
+            if any(f.partition("=")[0].strip() == key for f in fixed):
+                raise ConfigError(f"{key}: given twice (a fixed value and values to sweep)")
         if RANGE.match(text):
             axes[key] = [text]
             continue
-        values = split_values(text)
         if len(values) > 1:
             if any(v == "" for v in values):
                 raise ConfigError(f"{item}: empty value in the list")

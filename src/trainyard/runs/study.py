@@ -42,7 +42,15 @@ def quiet_optuna() -> None:
 
 def redact(url: str) -> str:
     """The URL without its password: ``postgresql://me:***@host/db``."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+    if "@" not in url:
+        return url
+    credentials, host = url.rsplit("@", 1)
+    scheme, sep, user = credentials.rpartition("//")
+    if ":" not in user:
+        scheme, sep, user = "", "", credentials
+        if ":" not in user or "//" in user:
+            return url
+    return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{host}"
 
 
 def open_storage(url: str | None, folder: Path) -> Any:
@@ -166,13 +174,13 @@ def fail_and_retry(study: Any, trial_id: int) -> bool:
     return True
 
 
-def reclaim_dead(study: Any, folder: Path) -> int:
+def reclaim_dead(study: Any, folder: Path) -> list[int]:
     """Fail and queue again every running trial whose process died: its claim lock here is free, or (database
-    storages) its heartbeat stopped. Returns how many."""
+    storages) its heartbeat stopped. Returns their numbers."""
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    found = 0
+    found: list[int] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not (folder / CLAIMS / str(trial.number) / ".lock").exists():
             continue  # claimed on another machine (or not yet locked by a claim in progress elsewhere)
@@ -182,13 +190,14 @@ def reclaim_dead(study: Any, folder: Path) -> int:
         try:
             if lock.fd is None:
                 continue  # a file system without locks: liveness cannot be told here
-            found += fail_and_retry(study, trial._trial_id)
+            if fail_and_retry(study, trial._trial_id):
+                found.append(trial.number)
         finally:
             lock.release()
     if heartbeat_enabled(study):
-        before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
         fail_stale_trials(study)
-        found += max(0, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before)
+        found += [t.system_attrs.get("failed_trial", t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if t.number not in before]
     return found
 
 

@@ -173,7 +173,8 @@ class Sweep:
             else:
                 status = "interrupted" if "failed_trial" in t.system_attrs else "pending"
             overrides = t.user_attrs.get("overrides") or overrides_of(t.system_attrs.get("fixed_params") or t.params, self.spec["axes"])
-            entry = {"name": t.user_attrs.get("run") or trial_name(number, self.spec["width"]), "overrides": overrides, "status": status, "number": number}
+            entry = {"name": t.user_attrs.get("run") or trial_name(number, self.spec["width"]), "overrides": overrides, "status": status,
+                     "number": number, "latest": t.number}
             if t.user_attrs.get("error"):
                 entry["error"] = t.user_attrs["error"]
             if t.value is not None:
@@ -191,8 +192,11 @@ class Sweep:
             if (path / "config.yaml").is_file():
                 try:
                     runs.append(load_run(path, self.folder, tolerant=True))
-                except TrainyardError:
                     continue
+                except TrainyardError:
+                    pass
+            if trial["status"] != "pending":  # trained on another machine, its folder there: what the study holds
+                runs.append(self._study_run(trial))
         if not runs:
             return [], [], None
         monitor = next((r.monitor for r in runs if r.monitor), None) or self.spec.get("monitor")
@@ -205,6 +209,24 @@ class Sweep:
         rank = {status: i + 1 for i, status in enumerate(LAST)}
         rows.sort(key=lambda row: rank.get(row[1], 0))  # stable: best first within each group
         return headers, rows, monitor
+
+
+    def _study_run(self, trial: dict[str, Any]):
+        """A table row for a trial whose run folder is not here: its config and value as the study holds them."""
+        import yaml
+
+        from trainyard.config import to_yaml
+        from trainyard.runs.table import Run, flatten
+
+        config = flatten(yaml.safe_load(to_yaml(load_config(self.config, self.spec["overrides"] + trial["overrides"]))) or {})
+        monitor = self.spec.get("monitor")
+        value = trial.get("value")
+        t = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial["latest"])
+        started = t.datetime_start.timestamp() if t.datetime_start else None
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        metrics = {f"best/{monitor}": value} if value is not None and trial["status"] == "finished" else {}
+        return Run(self.folder / trial["name"], trial["name"], trial["status"], started, duration, config, metrics, monitor,
+                   value, {"monitor": monitor}, None)
 
 
 def _search(search: str | None, random_trials: int | None, trials: int | None) -> tuple[str, int | None]:

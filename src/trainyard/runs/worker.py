@@ -139,10 +139,13 @@ def run_trial(study: Any, spec: dict, folder: Path, config: str | None, trial: A
 def work(study: Any, spec: dict, folder: Path, config: str | None, log=say) -> bool:
     """Claim and train trials until none is left for this worker. False when interrupted (Ctrl-C, SIGTERM)."""
     while True:
-        reclaim_dead(study, folder)
+        for number in reclaim_dead(study, folder):
+            log(f"trial {number}'s process died: its trial is queued again, to resume from its last.pt")
         got = claim(study, folder)
         if got is None:
             if not running_elsewhere(study, folder):
+                if os.environ.get("TRAINYARD_SWEEP_DEBUG"):
+                    log("nothing left to claim")
                 return True
             time.sleep(POLL_S)  # others still train: if one of them dies, its trial is this worker's to retry
             continue
