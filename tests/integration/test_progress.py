@@ -129,3 +129,21 @@ def test_start_notes_say_what_the_run_chose(tmp_path, tiny):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "trainyard: validation: 143 held out of train (data.val_fraction=0.1)" in r.stdout.splitlines(), r.stdout
     assert any(line.startswith("trainyard: augmentation: RandomAffine (the digits default") for line in r.stdout.splitlines()), r.stdout
+
+
+# --- the data-wait warning's fix is a command to run as the run was started ----------------------------
+
+
+def test_the_data_wait_fix_is_the_command_the_run_was_started_with():
+    from trainyard.config import load_config
+    from trainyard.engine.callbacks import data_wait_fix
+
+    cfg = load_config()
+    fix = data_wait_fix(cfg, 0, "", ["/venv/bin/trainyard", "train", "run.yaml", "optim.lr=0.1", "loader.num_workers=0"])
+    assert fix.startswith("`trainyard tune-workers run.yaml optim.lr=0.1 --write` (it sets loader.num_workers in run.yaml), "
+                          "then `trainyard train run.yaml optim.lr=0.1` again")
+    fix = data_wait_fix(cfg, 0, "", ["/src/trainyard/__main__.py", "train", "trainer.epochs=2", "--doctor"])
+    assert fix.startswith("`trainyard tune-workers trainer.epochs=2`, then `trainyard train trainer.epochs=2 loader.num_workers=auto`")
+    fix = data_wait_fix(cfg, 0, "", ["/venv/bin/trainyard", "train", "--resume", "runs/a"], run_dir=Path("runs/a"))
+    assert fix.startswith("`trainyard tune-workers runs/a/config.yaml`, then loader.num_workers=auto")
+    assert "RUN.yaml" not in data_wait_fix(cfg, 0, "", ["/venv/bin/trainyard", "sweep", "optim.lr=1,2"], run_dir=Path("runs/s/trial-000"))

@@ -14,6 +14,7 @@ import inspect
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -125,10 +126,13 @@ MIN_WAIT_S = 0.25  # seconds of waiting in an epoch below which the share waited
 
 
 class DataWaitWarning(Callback):
-    """Once per run, on the primary: most of an epoch went to waiting for batches."""
+    """Once per run, on the primary: most of an epoch went to waiting for batches. The share is the epoch's
+    whole training time (every step, not one logging window), and the fix is a command to run as the run was
+    started: its YAML file and overrides, read from the command line that started it."""
 
-    def __init__(self):
+    def __init__(self, argv: list[str] | None = None):
         self.warned = False
+        self.argv = argv  # None: sys.argv, read when the warning is due
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         from trainyard.data.workers import DATA_BOUND
@@ -140,15 +144,53 @@ class DataWaitWarning(Callback):
         self.warned = True
         lc = trainer.loader_cfg
         pin = ", loader.pin_memory=true" if trainer.device.type == "cuda" and lc.pin_memory is False else ""
-        if trainer.cfg.data.dataset == "python":  # trainyard.fit(): no YAML for tune-workers to measure and write
-            fix = f"more workers (config={{'loader.num_workers': {max(2, lc.num_workers * 2)}}}){pin}, or a lighter Dataset.__getitem__"
-        else:
-            fix = f"`trainyard tune-workers RUN.yaml --write`{pin}, or a lighter data.train_transforms"
+        wait = trainer.last_epoch_wait_s
         print(
-            f"trainyard: warning: data-bound: {fraction:.0%} of epoch {trainer.epoch} went to waiting for batches "
-            f"(loader.num_workers={lc.num_workers}); fix: {fix}",
+            f"trainyard: warning: data-bound: the steps of epoch {trainer.epoch} waited for batches {wait:.1f} s of its "
+            f"{wait / max(fraction, 1e-9):.1f} s of training ({fraction:.0%}, loader.num_workers={lc.num_workers}); "
+            f"fix: {data_wait_fix(trainer.cfg, lc.num_workers, pin, sys.argv if self.argv is None else self.argv, trainer.run_dir)}",
             file=sys.stderr, flush=True,
         )
+
+
+def started_as(argv: list[str]) -> tuple[str | None, list[str]] | None:
+    """(the YAML file, the overrides) of a ``trainyard train [RUN.yaml] [key=value ...]`` command line, or None
+    when the process was not started that way (``trainyard.fit()``, a sweep, a resume, torchrun of a script)."""
+    args = list(argv[1:])
+    if not args or args[0] != "train" or "trainyard" not in argv[0]:
+        return None
+    rest, items = args[1:], []
+    i = 0
+    while i < len(rest):
+        if rest[i] == "--resume" or rest[i].startswith("--resume="):
+            return None  # a resumed run keeps its config.yaml: measure with that
+        if rest[i].startswith("--"):
+            i += 1
+            continue
+        items.append(rest[i])
+        i += 1
+    path = items[0] if items and "=" not in items[0] else None
+    return path, [a for a in items if "=" in a and not a.startswith("loader.num_workers=")]
+
+
+def data_wait_fix(cfg: Any, num_workers: int, pin: str, argv: list[str], run_dir: Any = None) -> str:
+    """What to run: ``trainyard tune-workers run.yaml --write`` (then the same train command), or with the
+    run's overrides and then ``loader.num_workers=auto`` (tune-workers stores its measurement for auto);
+    started otherwise (a resume, a sweep): measure on the run folder's config.yaml."""
+    import shlex
+
+    if cfg.data.dataset == "python":  # trainyard.fit(): no YAML for tune-workers to measure and write
+        return f"more workers (config={{'loader.num_workers': {max(2, num_workers * 2)}}}){pin}, or a lighter Dataset.__getitem__"
+    started = started_as(argv)
+    if started is None:
+        config = shlex.quote(str(Path(run_dir) / "config.yaml")) if run_dir is not None else "RUN/config.yaml"
+        return f"`trainyard tune-workers {config}`, then loader.num_workers=auto for the next run{pin}; or a lighter data.train_transforms"
+    path, overrides = started
+    words = " ".join(shlex.quote(a) for a in ([path] if path else []) + overrides)
+    train = " ".join(shlex.quote(a) for a in ["trainyard", "train"] + ([path] if path else []) + overrides)
+    if path is not None and cfg.loader.num_workers != "auto":
+        return f"`trainyard tune-workers {words} --write` (it sets loader.num_workers in {path}), then `{train}` again{pin}; or a lighter data.train_transforms"
+    return f"`trainyard tune-workers{' ' + words if words else ''}`, then `{train} loader.num_workers=auto`{pin}; or a lighter data.train_transforms"
 
 
 # --- progress lines without a terminal -------------------------------------------------------------
