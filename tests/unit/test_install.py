@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ PIP_NAMES = {"sklearn": "scikit-learn"}
 
 
 def project() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -59,7 +59,7 @@ def test_the_default_job_runs_without_any_extra(tmp_path):
         "assert not {'sklearn', 'tokenizers', 'wandb'} & {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
         "sys.exit(code)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout
 

@@ -49,6 +49,14 @@ def dotted(node: ast.AST) -> list[str] | None:
     return [node.id, *reversed(parts)]
 
 
+def is_attr_call(node: ast.AST) -> bool:
+    """``getattr(x, "name")`` and its kin, with the name a string constant."""
+    return (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+        and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+    )
+
+
 def private_names(source: str) -> list[tuple[int, str, str]]:
     """Each private name reached in ``source``: (line, the name, the expression it was reached by)."""
     tree = ast.parse(source)
@@ -85,12 +93,10 @@ def private_names(source: str) -> list[tuple[int, str, str]]:
                         break
             if node.attr in PRIVATE_ATTRIBUTES:
                 hit(node, node.attr, ast.unparse(node))
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr", "delattr"):
-            if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
-                name = node.args[1].value
-                chain = dotted(node.args[0])
-                if name in PRIVATE_ATTRIBUTES or (private(name) and chain is not None and chain[0] in bound):
-                    hit(node, name, ast.unparse(node))
+        elif is_attr_call(node):
+            name, chain = node.args[1].value, dotted(node.args[0])
+            if name in PRIVATE_ATTRIBUTES or (private(name) and chain is not None and chain[0] in bound):
+                hit(node, name, ast.unparse(node))
     return sorted((line, name, where) for (line, name), where in found.items())
 
 
