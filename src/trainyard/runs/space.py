@@ -66,9 +66,8 @@ def parse_sweep_args(items: list[str]) -> tuple[list[str], dict[str, list[str]]]
             raise ConfigError(f"{key}: given twice")
         _check_call(key, text)
         values = split_values(text)
-        if RANGE.match(text) or len(values) > 1:
-            if any(f.partition("=")[0].strip() == key for f in fixed):
-                raise ConfigError(f"{key}: given twice (a fixed value and values to sweep)")
+        if RANGE.match(text) or len(values) > 1:  # values to sweep replace a fixed value given before (later wins, as in train)
+            fixed = [f for f in fixed if f.partition("=")[0].strip() != key]
         if RANGE.match(text):
             axes[key] = [text]
             continue
