@@ -88,7 +88,7 @@ h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-
 table { border-collapse: collapse; } td, th { padding: .2rem .8rem .2rem 0; text-align: left; vertical-align: top; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f5f6f8; padding: .8rem; overflow-x: auto; font-size: 12px; } svg { max-width: 100%; height: auto; }
 img { image-rendering: pixelated; } .headline { font-size: 1.05rem; } .metrics { display: flex; gap: 3rem; flex-wrap: wrap; } h3 { font-size: 1rem; margin-bottom: .3rem; }
-figure { margin: 1rem 0; } figcaption { color: #667; font-size: .85rem; }
+figure { margin: 1rem 0; overflow-x: auto; } figcaption { color: #667; font-size: .85rem; }
 """
 
 
