@@ -55,6 +55,13 @@ def cli(capsys, *args: str):
     return code, out, err
 
 
+def sweep_trials(folder: Path) -> list[dict]:
+    """Each trial of a sweep as its Optuna study holds it (name, overrides, status)."""
+    from trainyard.runs.sweep import Sweep
+
+    return Sweep.load(folder).trials
+
+
 def status(run_dir: Path) -> dict:
     return json.loads((run_dir / "status.json").read_text())
 
@@ -64,9 +71,9 @@ def status(run_dir: Path) -> dict:
 
 def test_sweep_trains_every_trial_and_prints_the_best_first(sweep):
     folder, stdout = sweep
-    state = json.loads((folder / "sweep.json").read_text())
-    assert [t["overrides"] for t in state["trials"]] == [[f"optim.lr={lr}"] for lr in LRS]
-    assert all(t["status"] == "finished" for t in state["trials"])
+    trials = sweep_trials(folder)
+    assert [t["overrides"] for t in trials] == [[f"optim.lr={lr}"] for lr in LRS]
+    assert all(t["status"] == "finished" for t in trials)
 
     best = {f"trial-{i:03d}": status(folder / f"trial-{i:03d}")["best"] for i in range(3)}
     rows = table_rows(stdout)
@@ -101,7 +108,6 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     root = tmp_path / "runs"
     args = ["sweep", f"track.root={root}", *TINY, "trainer.epochs=3", "optim.lr=0.01,0.003,0.001", "--name", "s"]
     proc = subprocess.Popen([sys.executable, "-m", "trainyard", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state_path = root / "s" / "sweep.json"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:  # Ctrl-C once trial-001 has its first checkpoint
         if (root / "s" / "trial-001" / "checkpoints" / "last.pt").exists():
@@ -111,7 +117,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "trainyard sweep --resume" in err
-    states = [t["status"] for t in json.loads(state_path.read_text())["trials"]]
+    states = [t["status"] for t in sweep_trials(root / "s")]
     stopped = states.index("interrupted")
     assert states[:stopped] == ["finished"] * stopped and states[stopped + 1 :] == ["pending"] * (2 - stopped)
     first_started = status(root / "s" / "trial-000")["started"]
@@ -119,9 +125,9 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     res = run_cli("sweep", "--resume", str(root / "s"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("== trial-") == 3 - stopped  # finished trials are not trained again
-    assert all(t["status"] == "finished" for t in json.loads(state_path.read_text())["trials"])
+    assert all(t["status"] == "finished" for t in sweep_trials(root / "s"))
     assert status(root / "s" / "trial-000")["started"] == first_started
-    trial_dirs = sorted(p.name for p in (root / "s").iterdir() if p.is_dir() and ".aborted-" not in p.name)
+    trial_dirs = sorted(p.name for p in (root / "s").iterdir() if p.is_dir() and not p.name.startswith("."))  # none renamed, none added
     assert trial_dirs == ["trial-000", "trial-001", "trial-002"]
     interrupted = root / "s" / f"trial-{stopped:03d}"
     def last_step(run_dir):
