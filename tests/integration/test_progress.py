@@ -92,6 +92,15 @@ def test_lines_at_the_interval_with_a_fake_clock_and_none_on_a_terminal():
     cb.on_step_end(trainer, 1, None)
     assert tty.getvalue() == ""  # on a terminal the progress bar (trainer.progress) is the display
 
+    from trainyard.engine.callbacks import Callbacks
+
+    hooks = Callbacks([ProgressLines(stream=tty, clock=clock)])
+    hooks.call("on_run_start", fake_trainer())
+    assert hooks.step_end == []  # off: the step loop calls nothing per step for it
+    hooks = Callbacks([ProgressLines(stream=io.StringIO(), clock=clock)])
+    hooks.call("on_run_start", fake_trainer())
+    assert len(hooks.step_end) == 1
+
 
 # --- a real run with stdout piped ----------------------------------------------------------------
 

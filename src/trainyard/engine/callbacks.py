@@ -85,6 +85,8 @@ class Callbacks:
     def call(self, hook: str, trainer: Any, *args: Any) -> None:
         for method in self.hooks[hook]:
             method(trainer, *args)
+        if hook == "on_run_start":  # a callback that found nothing to do per step (steps_wanted False) costs the loop nothing
+            self.step_end[:] = [m for m in self.step_end if getattr(getattr(m, "__self__", None), "steps_wanted", True)]
 
 
 # --- the built-in callbacks --------------------------------------------------------------------
@@ -252,6 +254,11 @@ class ProgressLines(Callback):
     def __init__(self, stream: Any = None, clock: Callable[[], float] = time.perf_counter):
         self.stream, self.clock = stream, clock
         self.timer: Every | None = None
+
+    @property
+    def steps_wanted(self) -> bool:
+        """Off (a terminal, progress_every_s 0, not the primary): the loop drops this per-step hook at the run's start."""
+        return self.timer is not None
 
     def on_run_start(self, trainer: Any) -> None:
         stream = self.stream if self.stream is not None else sys.stdout
