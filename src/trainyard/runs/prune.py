@@ -19,8 +19,8 @@ def build_pruner(name: str | None, epochs: int) -> Any:
 
     if name is None:
         return optuna.pruners.NopPruner()
-    if name == "median":  # compared from the 2nd epoch on, once 4 trials have reported
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if name == "median":  # compared from the 2nd epoch on (steps below n_warmup_steps are not), once 4 trials have reported
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
     raise ConfigError(f"--prune {name}: not a pruner; pruners: {', '.join(PRUNERS)}")
