@@ -174,13 +174,13 @@ def fail_and_retry(study: Any, trial_id: int) -> bool:
     return True
 
 
-def reclaim_dead(study: Any, folder: Path) -> list[int]:
+def reclaim_dead(study: Any, folder: Path) -> list[str]:
     """Fail and queue again every running trial whose process died: its claim lock here is free, or (database
-    storages) its heartbeat stopped. Returns their numbers."""
+    storages) its heartbeat stopped. Returns their run folders' names."""
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    found: list[int] = []
+    found: list[str] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not (folder / CLAIMS / str(trial.number) / ".lock").exists():
             continue  # claimed on another machine (or not yet locked by a claim in progress elsewhere)
@@ -191,13 +191,13 @@ def reclaim_dead(study: Any, folder: Path) -> list[int]:
             if lock.fd is None:
                 continue  # a file system without locks: liveness cannot be told here
             if fail_and_retry(study, trial._trial_id):
-                found.append(trial.number)
+                found.append(trial.user_attrs.get("run", f"trial {trial.number}"))
         finally:
             lock.release()
     if heartbeat_enabled(study):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
         fail_stale_trials(study)
-        found += [t.system_attrs.get("failed_trial", t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if t.number not in before]
+        found += [t.user_attrs.get("run", f"trial {t.number}") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if t.number not in before]
     return found
 
 

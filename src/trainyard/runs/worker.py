@@ -139,13 +139,11 @@ def run_trial(study: Any, spec: dict, folder: Path, config: str | None, trial: A
 def work(study: Any, spec: dict, folder: Path, config: str | None, log=say) -> bool:
     """Claim and train trials until none is left for this worker. False when interrupted (Ctrl-C, SIGTERM)."""
     while True:
-        for number in reclaim_dead(study, folder):
-            log(f"trial {number}'s process died: its trial is queued again, to resume from its last.pt")
+        for name in reclaim_dead(study, folder):
+            log(f"{name}: its process died; queued again, to resume from its last.pt")
         got = claim(study, folder)
         if got is None:
             if not running_elsewhere(study, folder):
-                if os.environ.get("TRAINYARD_SWEEP_DEBUG"):
-                    log("nothing left to claim")
                 return True
             time.sleep(POLL_S)  # others still train: if one of them dies, its trial is this worker's to retry
             continue
@@ -196,6 +194,10 @@ def run_workers(open_args: dict, config: str | None, workers: int, log=say) -> b
         p.start()
         return p
 
+    def terminate(signum, frame):  # SIGTERM: stop as Ctrl-C does (the workers have process groups of their own)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     procs = {i: start(i) for i in range(workers)}
     log(f"{workers} workers, {threads} CPU thread{'s' if threads > 1 else ''} each" + (f", GPUs {', '.join(str(i % gpus) for i in range(workers))}" if gpus > 1 else ""))
     restarts, interrupted, problem = 0, False, None
@@ -210,7 +212,9 @@ def run_workers(open_args: dict, config: str | None, workers: int, log=say) -> b
                     interrupted = True
                 elif p.exitcode == 2 or not errors.empty():
                     problem = problem or _get(errors)
-                elif p.exitcode != 0 and not interrupted and problem is None:
+                elif p.exitcode > 0:  # an error of its own (its traceback is above): another worker would meet it too
+                    problem = problem or f"sweep worker {i} stopped with exit code {p.exitcode} (its error is printed above)"
+                elif p.exitcode < 0 and not interrupted and problem is None:
                     why = f"signal {signal.Signals(-p.exitcode).name}" if p.exitcode < 0 else f"exit {p.exitcode}"
                     if restarts < 3 * workers:
                         restarts += 1
@@ -223,6 +227,8 @@ def run_workers(open_args: dict, config: str | None, workers: int, log=say) -> b
     except KeyboardInterrupt:
         interrupted = True
         _stop(procs.values())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if problem is not None:
         raise TrainyardError(problem)
     return not interrupted
