@@ -524,10 +524,12 @@ def _grouped(entries: list[KeyHelp]) -> list[KeyHelp]:
     return [e for e in entries if "." not in e.key and not e.section] + [e for e in entries if "." in e.key or e.section]
 
 
-def explain(section: str | None = None, width: int = 100) -> str:
-    """Plain text, one block per key: ``optim.lr  float (> 0)  default 0.003``, then its help indented."""
+def explain(section: str | None = None, width: int = 100, cfg: Any = None) -> str:
+    """Plain text, one block per key: ``optim.lr  float (> 0)  default 0.003``, then its help indented. With
+    ``cfg`` (a YAML file or overrides resolved), a key it sets apart from the default also says ``set: 0.01``."""
     import textwrap
 
+    given = {k: _show(v) for k, v in flat_items(cfg).items()} if cfg is not None else {}
     lines: list[str] = []
     entries = _grouped(_select(section))
     if entries and "." not in entries[0].key and not entries[0].section:
@@ -537,7 +539,8 @@ def explain(section: str | None = None, width: int = 100) -> str:
             lines += ([""] if lines else []) + [f"{e.key}: {e.help}".rstrip(": ")]
             continue
         kind = e.type + (f" ({e.allowed})" if e.allowed else "")
-        lines.append(f"  {e.key}  {kind}  default {e.default}")
+        setting = f"  set: {given[e.key]}" if e.key in given and given[e.key] != e.default else ""
+        lines.append(f"  {e.key}  {kind}  default {e.default}{setting}")
         lines += textwrap.wrap(e.help, width=width, initial_indent="      ", subsequent_indent="      ") or ["      (no help text)"]
     return "\n".join(lines) + "\n"
 

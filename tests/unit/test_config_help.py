@@ -68,3 +68,15 @@ def test_train_help_points_to_explain(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "trainyard config --explain" in " ".join(capsys.readouterr().out.split())
+
+
+def test_explain_shows_what_a_file_or_override_sets(capsys, tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("trainer: {epochs: 3}\n")
+    assert main(["config", str(run), "optim.lr=0.01", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "  optim.lr  float (> 0)  default 0.003  set: 0.01\n" in out
+    assert "  trainer.epochs  int (>= 1)  default 30  set: 3\n" in out
+    assert "  optim.momentum  float (>= 0, < 1)  default 0.9\n" in out  # left at its default: no "set"
+    assert main(["config", "optim.lr=-1", "--explain"]) == 2  # a bad value still says so
+    assert "optim.lr=-1: must be > 0" in capsys.readouterr().err

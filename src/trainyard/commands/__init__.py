@@ -64,8 +64,8 @@ def config(args: argparse.Namespace) -> int:
         if section is not None and "=" in section:  # `config --explain optim.lr=0.1`: an override, not a section
             args.overrides.insert(0, section)
             section = None
-        resolve(args)  # a bad file or override still says so
-        print(explain(section), end="")
+        cfg = resolve(args)  # a bad file or override still says so; what they set shows next to the default
+        print(explain(section, cfg=cfg if args.overrides else None), end="")
         return 0
     print(to_yaml(resolve(args)), end="")
     return 0
