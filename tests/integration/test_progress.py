@@ -56,7 +56,7 @@ def fake_trainer(step=0):
                           loader=SimpleNamespace(batch_size=10))
     return SimpleNamespace(cfg=cfg, is_primary=True, step=step, epoch=0, batch_in_epoch=step, steps_per_epoch=100,
                            train_loader=[None] * 100, strategy=SimpleNamespace(world_size=1), history=[],
-                           last_logged={"train/loss": 0.5})
+                           last_logged={"train/loss": 0.5, "step": 25})
 
 
 class Clock:
@@ -78,7 +78,7 @@ def test_lines_at_the_interval_with_a_fake_clock_and_none_on_a_terminal():
         cb.on_step_end(trainer, step, None)
     lines = out.getvalue().splitlines()
     assert [LINE.match(line).group(1) for line in lines] == ["30", "60", "90"]
-    assert lines[0] == "progress: step 30/200  epoch 1/2 30%  10 samples/s  eta epoch 1m10s, run 2m50s  loss 0.5000 (step 0)"
+    assert lines[0] == "progress: step 30/200  epoch 1/2 30%  10 samples/s  eta epoch 1m10s, run 2m50s  loss 0.5000 (step 25)"
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -310,8 +310,8 @@ def last_synced_loss(trainer: Any) -> tuple[float | None, str | None]:
     where the trainer keeps it: ``step N``), else the last finished epoch's mean (``epoch N mean``). Never a new sync."""
     logged = getattr(trainer, "last_logged", None)
     if isinstance(logged, dict) and isinstance(logged.get("train/loss"), float):
-        every = trainer.cfg.trainer.log_every
-        return logged["train/loss"], f"step {trainer.step - trainer.step % every}"
+        at = logged.get("step")  # else the last log step: the trainer logs every log_every optimizer steps
+        return logged["train/loss"], f"step {at if isinstance(at, int) else trainer.step - trainer.step % trainer.cfg.trainer.log_every}"
     history = getattr(trainer, "history", None)
     if history and isinstance(history[-1].get("train/loss"), float):
         return history[-1]["train/loss"], f"epoch {len(history)} mean"
