@@ -186,3 +186,35 @@ def test_joining_a_study_with_another_search_space_names_the_keys(tmp_path):
 def test_bad_sweep_arguments_are_one_line(tmp_path, args, expected):
     line = one_line_error(run_cli("sweep", f"track.root={tmp_path}", "model.width=4,8", *args, timeout=60))
     assert expected in line
+
+
+CLAIM_AND_DIE = """
+import os, sys
+from pathlib import Path
+from trainyard.runs.study import claim, load_study
+folder = Path(sys.argv[1])
+study, spec = load_study(folder, None, "d")
+trial, lock = claim(study, folder)
+trial.set_user_attr("run", "trial-000")
+(folder / "trial-000").mkdir()
+(folder / "trial-000" / "config.yaml").write_text("name: trial-000\\n")  # died before its first checkpoint
+os._exit(9)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_trial_that_died_before_its_first_checkpoint_starts_again_in_a_new_folder(tmp_path):
+    from trainyard.runs.sweep import Sweep
+
+    root = tmp_path / "runs"
+    sweep = Sweep.create(None, [f"track.root={root}", *FAST, "trainer.epochs=1", "optim.lr=0.01,0.003"], None, 0, "d")
+    died = subprocess.run([sys.executable, "-c", CLAIM_AND_DIE, str(sweep.folder)], capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    assert [t["status"] for t in sweep.trials] == ["running", "pending"]
+    lines: list[str] = []
+    assert sweep.run(log=lines.append)
+    assert any("trial-000: its process died" in line for line in lines)
+    assert (sweep.folder / "trial-000" / "config.yaml").read_text() == "name: trial-000\n"  # kept as it was
+    assert [(t["name"], t["status"]) for t in sweep.trials] == [("trial-000-2", "finished"), ("trial-001", "finished")]
+    _, rows, _ = sweep.summary()
+    assert sorted(r[0] for r in rows) == ["trial-000-2", "trial-001"]
