@@ -82,6 +82,9 @@ class Sweep:
         planned = plan_trials(axes, total_trials if search == "random" else None, seed) if search != "tpe" else None
         _check_trials(config, fixed, axes, planned)
         monitor, direction = _direction(base)
+        if prune is not None and base.parallel.strategy in ("ddp", "pipeline"):  # every process would have to agree on the stop
+            raise ConfigError(f"--prune {prune}: trials under parallel.strategy={base.parallel.strategy} run in several processes and cannot be pruned; "
+                              "use single, dp or model, or sweep without --prune")
         if prune is not None:
             has_val = base.data.val_fraction > 0 or base.data.val_path is not None
             if not has_val or not monitor.startswith("val/"):
