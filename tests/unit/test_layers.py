@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 # lowest first; a module may import its own layer and the ones before it
 LAYERS = [
-    "errors", "devices", "config", "registry", "tasks", "data", "models", "track", "parallel", "engine",
+    "errors", "extras", "devices", "config", "registry", "tasks", "data", "models", "track", "parallel", "engine",
     "tools", "doctor", "runs", "commands", "cli", "__main__",
 ]
 

@@ -127,7 +127,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, to
     if not warmup:
         return main
     ramp = sched.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
-    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+    sequence = sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+    sequence.trainyard_main = main  # what a resume that changes the run's length adjusts (Trainer.load_state)
+    return sequence
 
 
 def steps_per_epoch(batches: int, accumulate: int) -> int:
