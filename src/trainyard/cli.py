@@ -112,6 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trainyard: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        from trainyard.errors import CANNOT_WRITE, write_error
+
+        if exc.errno not in CANNOT_WRITE:
+            raise
+        print(f"trainyard: error: {write_error(exc)}", file=sys.stderr)  # a full disk or a read-only folder
+        return 1
     finally:
         sys.stdout.flush()
 

@@ -330,8 +330,17 @@ class TokenizedTexts(Dataset):
 def save_text_artifacts(run_dir: Path, tokenizer_json: str, labels: dict) -> None:
     """Write tokenizer.json and labels.json into the run folder (the primary process calls it once the folder exists)."""
     run_dir = Path(run_dir)
-    (run_dir / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
-    (run_dir / LABELS_FILE).write_text(json.dumps(labels, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name, text in ((TOKENIZER_FILE, tokenizer_json), (LABELS_FILE, json.dumps(labels, indent=2, ensure_ascii=False) + "\n")):
+        path = run_dir / name
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            continue  # a resume: the run's own files, left untouched
+        tmp = path.with_name(f".{name}.tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)  # a failed write (a full disk) leaves the previous file whole
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def read_saved_classes(run_dir: Path | None) -> list[str] | None:

@@ -21,7 +21,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from trainyard.errors import CheckpointError
+from trainyard.errors import CANNOT_WRITE, CheckpointError, write_error
 
 FORMAT = "trainyard-checkpoint-1"
 
@@ -53,10 +53,20 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        with open(tmp, "rb") as f:
+        with open(tmp, "wb") as f:  # a file object: a failed write comes back as its OSError, not only torch's message
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in CANNOT_WRITE:
+            raise write_error(exc, path) from None
+        raise
+    except RuntimeError as exc:  # torch's zip writer reports a failed write as its own error, the OSError as context
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno in CANNOT_WRITE:
+            raise write_error(cause, path) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -90,6 +100,10 @@ def link_checkpoint(source: Path, target: Path) -> str:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        if exc.errno in CANNOT_WRITE:
+            raise write_error(exc, target) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

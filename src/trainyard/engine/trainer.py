@@ -28,6 +28,7 @@ from trainyard.engine.callbacks import Callbacks, build_callbacks
 from trainyard.engine.checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainyard.engine.evaluate import EvalResult, evaluate
 from trainyard.engine.optim import build_optimizer, build_scheduler, is_per_epoch, steps_per_epoch
+from trainyard.engine.signals import StopSignals
 from trainyard.engine.totals import RunningTotals
 from trainyard.errors import ConfigError, Diverged, Interrupted  # noqa: F401 - Interrupted re-exported for callers of the trainer
 from trainyard.parallel import Strategy
@@ -52,8 +53,10 @@ class Trainer:
     objects, an optimizer class or ``params -> Optimizer`` factory, a scheduler class or factory); otherwise the config names them."""
 
     def __init__(self, cfg: RunConfig, strategy: Strategy, data: DataBundle, model: nn.Module, run_dir: Path, tracker: Tracker | None,
-                 *, task: Task | None = None, callbacks: list | None = None, optimizer: Any = None, scheduler: Any = None):
+                 *, task: Task | None = None, callbacks: list | None = None, optimizer: Any = None, scheduler: Any = None,
+                 signals: StopSignals | None = None):
         self.cfg = cfg
+        self.signals = signals  # the run's signal handling (run_process installs it for every phase); None: fit() installs its own
         self.strategy = strategy
         self.data = data
         self.run_dir = run_dir
@@ -96,6 +99,7 @@ class Trainer:
             total = min(total, t.max_steps)
         self.monitor = self._resolve_monitor()
         self.mode = monitor_mode(self.monitor, t.monitor_mode, self.task)
+        self.total_steps = total
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, total_steps=total, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.optim.lr,
                                          epochs=t.epochs, mode=self.mode, factory=scheduler)
         self.schedule_per_epoch = is_per_epoch(cfg.schedule, self.scheduler)
@@ -112,7 +116,6 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
-        self._stop_signal: int | None = None
         self._first_batch_logged = False
         self.last_epoch_wait_s = 0.0  # seconds the last epoch waited for batches
         self.history: list[dict[str, float]] = []
@@ -184,6 +187,7 @@ class Trainer:
         self.strategy.load_model_state_dict(self.model, state["model"])
         self.strategy.load_optimizer_state_dict(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        fit_schedule_length(self.scheduler, self.cfg, self.total_steps)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
@@ -202,29 +206,33 @@ class Trainer:
         self.strategy.barrier()
 
     # --- signals -----------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._stop_signal = signum  # acted on after the current step
+    @property
+    def _stop_signal(self) -> int | None:
+        return self.signals.received if self.signals is not None else None
 
     @contextlib.contextmanager
     def _signals(self):
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        own = self.signals is None
+        if own:
+            self.signals = StopSignals().install()
+            self.signals.run_dir = self.run_dir
         try:
-            yield
+            yield self.signals
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            if own:
+                self.signals.restore()
+                self.signals = None
+
+    def _test_stopped(self) -> str:
+        return (f"training is finished and saved in {self.run_dir / 'checkpoints' / 'last.pt'}; the test was stopped; "
+                f"run it with: trainyard train --resume {self.run_dir}")
 
     # --- the loop ----------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         t = self.cfg.trainer
         primary = self.strategy.is_primary
         self._checked_step = self.step  # a resumed run's steps so far were finite
-        with self._signals():
+        with self._signals() as signals, signals.deferred("training"):
             self.callbacks.call("on_run_start", self)
             while self.epoch < t.epochs and not self._done_steps():
                 start = time.perf_counter()
@@ -257,13 +265,14 @@ class Trainer:
                 if primary:
                     self._log_epoch(metrics)
                 self.save("last.pt", also="best.pt" if improved else None)
+                if stop or self._stop_agreed():  # also a signal that came during validation or the save
+                    raise Interrupted(self._stop_signal, self.run_dir)
                 if t.patience and self.bad_epochs >= t.patience:
                     if primary:
                         print(f"early stopping: {self.monitor} has not improved for {t.patience} epochs (best {self.best:.4f})", flush=True)
                     break
-                if stop:
-                    raise Interrupted(self._stop_signal, self.run_dir)
-        return self.finish()
+            with signals.immediate("test", self._test_stopped):
+                return self.finish()
 
     def _step_schedule_per_epoch(self, metrics: dict[str, float]) -> None:
         from trainyard.engine.optim import PLATEAU
@@ -286,7 +295,7 @@ class Trainer:
                                    "first": self._checked_step + 1}
             return True
         if self._stop_signal is None:
-            self._stop_signal = signal.SIGTERM  # another rank was signalled
+            self.signals.received = signal.SIGTERM  # another rank was signalled
         return True
 
     def _diverged(self) -> None:
@@ -520,6 +529,7 @@ class Trainer:
             "perf/data_wait_fraction": min((wait - state["wait"]) / elapsed, 1.0),
         }
         state.update(time=now, seen=seen, loss=loss_now, wait=wait)
+        self.last_logged = {**metrics, "step": self.step}  # what progress lines show: read here, no sync of their own
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, self.step, self.epoch)
         if progress is not None:
@@ -578,6 +588,20 @@ class Trainer:
             self.tracker.log_hparams(hparams_of(self.cfg), hparam_metrics)
         self.callbacks.call("on_run_end", self, final)
         return final
+
+
+def fit_schedule_length(scheduler: Any, cfg: RunConfig, total_steps: int) -> None:
+    """A resume that changed the run's length (trainer.epochs, trainer.max_steps) against the schedule the checkpoint
+    holds, laid out for the old length: a cosine decays from where it is to its end at the new last step (its
+    recursive form telescopes there); a one-cycle cannot be stretched, and would fail at its old end."""
+    main = getattr(scheduler, "trainyard_main", scheduler)
+    warmup = min(cfg.schedule.warmup_steps, max(total_steps - 1, 0))
+    if isinstance(main, torch.optim.lr_scheduler.CosineAnnealingLR) and cfg.schedule.name == "cosine":
+        main.T_max = max(total_steps - warmup, 1)
+    elif isinstance(main, torch.optim.lr_scheduler.OneCycleLR) and main.total_steps < total_steps:
+        raise ConfigError(f"trainer.epochs={cfg.trainer.epochs}: schedule.name={cfg.schedule.name} was laid out over {main.total_steps} "
+                          "optimizer steps when the run started, and a one-cycle schedule cannot be lengthened on resume; "
+                          "keep the run's length, or start a new run")
 
 
 def info_record(info: Any) -> dict[str, Any]:

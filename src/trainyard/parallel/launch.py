@@ -219,7 +219,7 @@ def failure_report(rank: int, exc: BaseException, failed_at: float | None) -> Ra
         exit_code=getattr(exc, "exit_code", 1), failed_at=failed_at or time.time(), user_error=isinstance(exc, TrainyardError),
     )
     if hasattr(exc, "signum") and hasattr(exc, "run_dir"):  # trainer.Interrupted: SIGINT/SIGTERM, last.pt saved
-        report.interrupted = {"signum": exc.signum, "run_dir": str(exc.run_dir)}
+        report.interrupted = {"signum": exc.signum, "run_dir": str(exc.run_dir) if exc.run_dir is not None else None, "detail": getattr(exc, "detail", None)}
     return report
 
 
@@ -227,7 +227,8 @@ def _failure_error(failure: BaseException, reports: dict[int, RankReport], nproc
     failed = sorted((r for r in reports.values() if not r.ok), key=lambda r: r.failed_at)
     interrupted = [r for r in failed if r.interrupted]
     if interrupted and len(interrupted) == len(failed):
-        return Interrupted(interrupted[0].interrupted["signum"], Path(interrupted[0].interrupted["run_dir"]))
+        info = interrupted[0].interrupted
+        return Interrupted(info["signum"], info["run_dir"], info.get("detail"))
     index = getattr(failure, "error_index", None)
     if index is not None and index not in reports and getattr(failure, "signal_name", None):
         return RankFailed(f"rank {index} of {nprocs} was killed by {failure.signal_name}; the other ranks were stopped")

@@ -294,7 +294,7 @@ def _stage_main(stage: int, strategy: PipelineParallel, fn: Callable[..., Any], 
         queue.put(("error", type(exc).__name__, str(exc)))
         sys.exit(2)
     except Interrupted as exc:  # every stage saved its part of last.pt together before this
-        queue.put(("interrupted", exc.signum, exc.run_dir))
+        queue.put(("interrupted", exc.signum, exc.run_dir, exc.detail))
         sys.exit(exc.exit_code)
     if strategy.is_primary:
         queue.put(("result", result))

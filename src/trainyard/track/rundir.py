@@ -3,16 +3,18 @@ event files and checkpoints/. An existing folder is never reused except by resum
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from trainyard.config import RunConfig, to_yaml
-from trainyard.errors import ConfigError, TrainyardError
+from trainyard.errors import CANNOT_WRITE, ConfigError, TrainyardError, write_error
 
 
 def fresh_name(root: Path | str) -> str:
@@ -39,8 +41,27 @@ def new_run_dir(cfg: RunConfig) -> Path:
         (path / "checkpoints").mkdir(parents=True)
     except OSError as exc:
         raise TrainyardError(f"track.root={cfg.track.root}: cannot create run folder {path} ({exc.strerror})") from None
-    (path / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    try:
+        write_config(path, cfg)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # this command made it; it holds nothing
+        raise
     return path
+
+
+def write_config(run_dir: Path, cfg: RunConfig) -> None:
+    """config.yaml, replaced atomically: a failed write leaves the previous one."""
+    path = Path(run_dir) / "config.yaml"
+    tmp = path.with_name(".config.yaml.tmp")
+    try:
+        tmp.write_text(to_yaml(cfg), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno in CANNOT_WRITE:
+            raise write_error(exc, path) from None
+        raise
 
 
 def write_status(run_dir: Path, **fields: Any) -> None:
@@ -49,8 +70,35 @@ def write_status(run_dir: Path, **fields: Any) -> None:
     data = read_status(run_dir)
     data.update(fields)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # never a partial status.json.tmp left behind
+        if exc.errno in CANNOT_WRITE:
+            raise write_error(exc, path) from None
+        raise
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Drop the half line a killed writer may have left at the end of a JSON-lines file (metrics.jsonl), so that
+    what a resume appends starts on a line of its own."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            tail = min(size, 1 << 20)
+            f.seek(size - tail)
+            chunk = f.read(tail)
+            cut = chunk.rfind(b"\n")
+            f.truncate(size - tail + cut + 1 if cut >= 0 else (0 if tail == size else size))
+    except FileNotFoundError:
+        return
 
 
 def read_status(run_dir: Path) -> dict:
