@@ -137,7 +137,8 @@ def test_nan_validation_loss_stops(tmp_path):
     import trainyard
 
     x, y = digits_tensors()
-    val_x = torch.full_like(x[1500:], float("nan"))  # (one nan sample alone is dropped by the mean the validation loss takes)
+    val_x = x[1500:].clone()
+    val_x[7, 3] = float("nan")  # one bad value in one sample: its batch's loss is nan, and so the validation loss
     with pytest.raises(Diverged, match=r"diverged: the validation loss is nan at step \d+ \(epoch 1\).*no checkpoint saved"):
         trainyard.fit(mlp(), TensorDataset(x[:1500], y[:1500]), TensorDataset(val_x, y[1500:]), config=[f"track.root={tmp_path}", *BASE], name="val")
     assert status(tmp_path / "val")["status"] == "diverged"

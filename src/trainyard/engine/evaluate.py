@@ -40,7 +40,7 @@ def evaluate(
     counted and its Wilson 95% interval, ``<prefix>/accuracy/correct``, ``/count``, ``/low``, ``/high``; from
     the same totals as training's (``task.train_stat``), summed on the device and read with the metrics."""
     device = strategy.device
-    loss_metric = torchmetrics.MeanMetric().to(device)
+    loss_metric = torchmetrics.MeanMetric(nan_strategy="disable").to(device)  # a nan batch makes the loss nan: never dropped unseen
     metrics = task.build_metrics(device)
     criterion = task.criterion
     was_training = model.training

@@ -248,7 +248,7 @@ class Trainer:
                 if self.val_loader is not None:
                     metrics.update(self._evaluate(self.val_loader, "val").metrics)
                     val_loss = metrics.get("val/loss")
-                    if self.check_nonfinite and val_loss is not None and not math.isfinite(val_loss):
+                    if t.on_nonfinite == "stop" and val_loss is not None and not math.isfinite(val_loss):  # skip_step: bad samples are expected
                         self.divergence = {"what": f"the validation loss is {val_loss}", "step": self.step, "epoch": self.epoch + 1, "validation": True}
                         self._diverged()
                     self.callbacks.call("on_validation_end", self, metrics)
