@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import html
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -261,8 +262,13 @@ def build_report(run: Run) -> str:
 
 def write_report(run: Run, out: Path) -> None:
     text = build_report(run)
+    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)  # a failed write (a full disk) leaves the previous report whole
     except OSError as exc:
         raise TrainyardError(f"--out {out}: cannot write ({exc.strerror})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
