@@ -199,3 +199,22 @@ def test_sweep_ranks_a_diverged_trial_last(tmp_path):
     assert [t["status"] for t in Sweep.load(sweep.folder).trials] == ["diverged", "finished"]
     listing = run_cli("runs", str(sweep.folder))
     assert listing.returncode == 0 and "diverged" in listing.stdout, listing.stderr
+
+
+def test_skip_step_also_undoes_the_batch_norm_statistics_of_the_skipped_step(tmp_path):
+    """A skipped step's forward moved batch norm's running mean and variance with the bad sample's nan: they are
+    put back with the step, so the run finishes with finite statistics instead of diverging at the epoch's end."""
+    import trainyard
+
+    x, y = digits_tensors()
+    x = x.clone()
+    x[100] = float("nan")
+    model = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    trainyard.fit(model, TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500:], y[1500:]),
+                  config=[f"track.root={tmp_path}", *BASE, "trainer.on_nonfinite=skip_step"], name="bn")
+    run = tmp_path / "bn"
+    assert status(run)["status"] == "finished"
+    for name in ("last.pt", "best.pt"):
+        assert_finite(run / "checkpoints" / name)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.isfinite(state["1.running_mean"]).all() and torch.isfinite(state["1.running_var"]).all()

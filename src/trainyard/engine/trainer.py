@@ -368,6 +368,9 @@ class Trainer:
         skip_nonfinite = t.on_nonfinite == "skip_step"
         pending: list = []
         skipped = 0
+        # a skipped step's forward still moved the running statistics (batch norm): kept aside, put back on a skip
+        buffers = [b for b in model.buffers() if b.numel()] if skip_nonfinite else []
+        kept_buffers: list = []
         step_hooks = self.callbacks.step_end
         per_step_schedule = not self.schedule_per_epoch
         forward_backward = strategy.forward_backward
@@ -403,6 +406,8 @@ class Trainer:
             if micro == 0:
                 # Cleared before the step rather than after it, so the last step's gradients stay for the histograms.
                 optimizer.zero_grad(set_to_none=True)
+                if buffers:
+                    kept_buffers = [b.detach().clone() for b in buffers]
             batch_index += 1
             micro += 1
             sync = micro == accumulate or batch_index == total_batches
@@ -419,6 +424,9 @@ class Trainer:
                 micro = 0
                 if skip_nonfinite and self._skip_nonfinite(pending, add_totals):  # sync point: skip_step only
                     skipped += 1  # no update from this step's gradients (they are cleared before the next one)
+                    with torch.no_grad():
+                        for buffer, kept in zip(buffers, kept_buffers):
+                            buffer.copy_(kept)
                 else:
                     if clip is not None:
                         scaler.unscale_(optimizer)
