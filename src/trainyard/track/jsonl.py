@@ -39,6 +39,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8", errors="replace")
     complete = text[: text.rfind("\n") + 1]  # a run still writing may have half a line at the end
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+    rows = []
+    for line in complete.splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:  # a row a killed writer cut short, later appended to: the others still count
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
