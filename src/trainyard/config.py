@@ -179,7 +179,7 @@ class TrackConfig:
 class ParallelConfig:
     """How the run is spread over devices and processes."""
 
-    strategy: str = opt("single", "single, dp, ddp, model, pipeline, or package.module:Strategy")
+    strategy: str = opt("single", "single, dp, ddp, fsdp, model, pipeline, or package.module:Strategy")
     devices: Union[int, list, Literal["auto"]] = opt("auto", "a count, a list of device ids or names, or auto", min=1)
     backend: str = opt("auto", "process-group backend: auto (nccl on CUDA, gloo on CPU), nccl, gloo", choices=["auto", "nccl", "gloo"])
     timeout: int = opt(300, "seconds before a stuck collective fails the run", min=1)
@@ -188,6 +188,9 @@ class ParallelConfig:
     microbatches: int = opt(4, "pipeline: micro-batches per batch", min=1)
     schedule: str = opt("gpipe", "pipeline schedule", choices=["gpipe", "1f1b"])
     split: Union[list, Literal["auto"]] = opt("auto", "model/pipeline: auto (balance parameters) or block indices where stages start")
+    shard: Union[list, Literal["auto"]] = opt("auto", "fsdp: modules sharded on their own before the root: auto (the model's blocks: pipeline_blocks(), "
+                                              "an nn.Sequential's children, ResNet stages, a ModuleList of layers) or a list of module class names")
+    reshard_after_forward: bool = opt(True, "fsdp: free a block's gathered weights after its forward and gather them again for backward (less memory, one more all-gather)")
 
 
 @dataclass
