@@ -76,3 +76,19 @@ echo "== Python API on cuda: trainyard.fit on a user model (examples/python_api)
 if [ -f examples/python_api/train.py ]; then
   (cd examples/python_api && $PY train.py 2>&1 | tail -3)  # trainer.device=auto picks cuda
 fi
+
+# --- issue 16: faults on cuda: a signal in the final test, a save past a file-size limit, divergence -----------
+echo "== SIGTERM during the final test on cuda: exit 143, status interrupted, --resume runs the test"
+$PY -m trainyard train name=gpu-sig track.root="$OUT/runs" trainer.device=cuda trainer.epochs=1 trainer.progress=false &
+pid=$!; while [ ! -f "$OUT/runs/gpu-sig/checkpoints/last.pt" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
+kill -TERM $pid 2>/dev/null; wait $pid; echo "exit $?"
+grep -E '"status"|"reason"' "$OUT/runs/gpu-sig/status.json"
+$PY -m trainyard train --resume "$OUT/runs/gpu-sig" 2>&1 | grep -E "test accuracy|error"
+echo "== a save past ulimit -f on cuda: one line, last.pt kept, status failed"
+$PY -m trainyard train name=gpu-full track.root="$OUT/runs" trainer.device=cuda trainer.epochs=1 track.images=false track.graph=false trainer.progress=false | tail -1
+(ulimit -f 100; $PY -m trainyard train --resume "$OUT/runs/gpu-full" trainer.epochs=2 2>&1 | tail -1; echo "exit $?")
+grep -E '"status"' "$OUT/runs/gpu-full/status.json"
+echo "== divergence on cuda under fp16: stops with one line, status diverged"
+$PY -m trainyard train name=gpu-nan track.root="$OUT/runs" trainer.device=cuda trainer.precision=fp16 optim.name=sgd optim.lr=1e6 trainer.epochs=3 trainer.progress=false 2>&1 | tail -1
+grep -E '"status"' "$OUT/runs/gpu-nan/status.json"
+# --- end issue 16 ----------------------------------------------------------------------------------------------
