@@ -99,7 +99,8 @@ class LoaderConfig:
     bucket_pool: int = opt(100, "bucket_by_length: batches' worth of samples sorted by length together (larger: less padding, less mixing)", min=1)
     batched: Union[bool, Literal["auto"]] = opt("auto", "splits held as tensors (digits, MNIST, CIFAR, a TensorDataset): each batch cut by index in one "
                                                 "operation and augmented per sample on the whole batch, on the training device; auto: wherever the split, "
-                                                "its transforms and the collate allow it, else the DataLoader; true: the same, saying why when it falls back")
+                                                "its transforms, the collate and num_workers=0 allow it, else the DataLoader; true: also with workers set, "
+                                                "and says why when it falls back")
 
 
 @dataclass

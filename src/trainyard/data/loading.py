@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import random
+import sys
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from trainyard.config import LoaderConfig
+from trainyard.data.batched import BatchedLoader, batched_loader
 from trainyard.errors import ConfigError
 
 
@@ -119,11 +121,19 @@ def build_loader(
     train: bool,
     collate_fn: Callable | None = None,
     batch_sampler: Sampler | None = None,
-) -> DataLoader:
-    """One DataLoader from the loader config. Training loaders get a generator the trainer reseeds each epoch."""
+) -> DataLoader | BatchedLoader:
+    """One loader from the loader config: the batched in-memory loader where ``loader.batched`` and the data allow
+    it (see data/batched.py), else a DataLoader. Training loaders get a generator the trainer reseeds each epoch."""
     check_loader_config(cfg)
-    workers = resolve_num_workers(cfg.num_workers)
     batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
+    if cfg.batched is not False:
+        batched = _batched_or_reason(dataset, cfg, device=device, sampler=sampler, train=train, collate_fn=collate_fn,
+                                     batch_sampler=batch_sampler, batch_size=batch_size)
+        if not isinstance(batched, str):
+            return batched
+        if cfg.batched is True and train and _is_first_rank(sampler):
+            print(f"trainyard: loader.batched=true: the DataLoader instead: {batched}", file=sys.stderr, flush=True)
+    workers = resolve_num_workers(cfg.num_workers)
     kwargs: dict[str, Any] = dict(
         num_workers=workers,
         pin_memory=resolve_pin_memory(cfg.pin_memory, device),
@@ -137,3 +147,24 @@ def build_loader(
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=cfg.drop_last and train, **kwargs)
+
+
+def _batched_or_reason(dataset: Dataset, cfg: LoaderConfig, *, device: torch.device, sampler: Sampler | None, train: bool,
+                       collate_fn: Callable | None, batch_sampler: Sampler | None, batch_size: int) -> BatchedLoader | str:
+    """The batched in-memory loader, or one line saying why this split takes the DataLoader."""
+    if batch_sampler is not None:
+        return "a batch sampler groups the batches (loader.bucket_by_length)"
+    workers = resolve_num_workers(cfg.num_workers)
+    if cfg.batched == "auto" and workers > 0:  # asked for worker processes: the DataLoader's (batched=true runs without them)
+        return f"loader.num_workers={workers}: worker processes are the DataLoader's"
+    if cfg.collate != "default":
+        return f"loader.collate={cfg.collate} collates samples one by one"
+    if collate_fn is not None:
+        return "the dataset needs its own collate function"
+    return batched_loader(dataset, batch_size=batch_size, sampler=sampler, drop_last=cfg.drop_last and train, device=device,
+                          pin_memory=resolve_pin_memory(cfg.pin_memory, device))
+
+
+def _is_first_rank(sampler: Sampler | None) -> bool:
+    inner = getattr(sampler, "inner", sampler)
+    return getattr(inner, "rank", 0) == 0
