@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from typing import Any, ContextManager
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -68,6 +70,15 @@ class FullyShardedDataParallel(DistributedDataParallel):
             if self.is_primary:
                 print("trainyard: parallel.strategy=fsdp: track.graph and weight histograms are off (they would need every rank)", flush=True)
             tr.graph, self.cfg.trainer.histogram_every = False, 0
+
+    def teardown(self) -> None:
+        # A rank that destroys its gloo group while a peer still runs the last collectives aborted the process
+        # now and then ("terminate called without an active exception"): after a run that ended normally every
+        # rank waits for the others first. Not after an error, where a peer may never arrive.
+        if sys.exc_info()[0] is None and dist.is_available() and dist.is_initialized():
+            with contextlib.suppress(RuntimeError):
+                self.barrier()
+        super().teardown()
 
     # --- model -----------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
