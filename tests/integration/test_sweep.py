@@ -218,3 +218,25 @@ def test_a_trial_that_died_before_its_first_checkpoint_starts_again_in_a_new_fol
     assert [(t["name"], t["status"]) for t in sweep.trials] == [("trial-000-2", "finished"), ("trial-001", "finished")]
     _, rows, _ = sweep.summary()
     assert sorted(r[0] for r in rows) == ["trial-000-2", "trial-001"]
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_every_worker_and_the_same_command_continues(tmp_path):
+    from trainyard.runs.sweep import Sweep
+
+    root = tmp_path / "runs"
+    cmd = sweep_cmd(root, "trainer.epochs=3", "optim.lr=0.01,0.003,0.001", "--name", "c", "--workers", "2")
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and job.poll() is None and not (root / "c" / "trial-001" / "checkpoints" / "last.pt").exists():
+        time.sleep(0.05)
+    job.send_signal(signal.SIGINT)  # the sweep's main process only: it passes the stop on to each worker
+    out, err = job.communicate(timeout=150)
+    assert job.returncode == 130, err[-3000:]
+    assert "resume with: trainyard sweep --resume" in err
+    assert "interrupted" in {t["status"] for t in Sweep.load(root / "c").trials}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed" in again.stdout
+    assert [t["status"] for t in Sweep.load(root / "c").trials] == ["finished"] * 3
+    assert sorted(p.name for p in (root / "c").glob("trial-*")) == ["trial-000", "trial-001", "trial-002"]
