@@ -52,6 +52,8 @@ class FullyShardedDataParallel(DistributedDataParallel):
         self.total_parameters = 0
         self.rank_parameters = 0
         self.model: nn.Module | None = None
+        self.steps_run = 0  # micro-steps trained, and where the buffers were last made rank 0's
+        self.buffers_synced_at = -1
 
     # --- processes -------------------------------------------------------------------
     def launch(self, fn, *args):
@@ -102,6 +104,20 @@ class FullyShardedDataParallel(DistributedDataParallel):
 
     def no_sync(self, model: nn.Module) -> ContextManager:
         return _gradient_sync_off(model)
+
+    def forward_backward(self, model, x, y, loss_fn, autocast, scale):
+        self.steps_run += 1
+        return super().forward_backward(model, x, y, loss_fn, autocast, scale)
+
+    def predict(self, model: nn.Module, x: Any) -> torch.Tensor | None:
+        if self.buffers_synced_at != self.steps_run:
+            # Buffers are not sharded: each rank's BatchNorm statistics followed its own batches. Evaluate with
+            # rank 0's, the ones the checkpoint keeps (ddp broadcasts them the same way). Once per evaluation:
+            # every rank has the same number of batches, so every rank gets here.
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+            self.buffers_synced_at = self.steps_run
+        return model(x)
 
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # over DTensor shards: one all-reduce
