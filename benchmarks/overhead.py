@@ -24,7 +24,15 @@ dataset loading and imports are outside the timing on both sides.
 
 Ends with ``RESULT overhead_ratio_mlp`` and ``RESULT overhead_ratio_cnn`` (trainyard / raw throughput), and where
 ``lightning`` is installed, a third side (``run_lightning``, each run in a process of its own) and
-``RESULT lightning_ratio_*`` (Lightning / raw).
+``RESULT lightning_ratio_*`` (Lightning / raw). For these, trainyard runs with ``loader.batched=false``: the same
+DataLoader as the raw loop, so the ratio is the framework's cost alone.
+
+``--sides batched`` (issue 20) times what a user gets against the loop a user would write: the naive raw loop
+(``run_naive_raw``: a DataLoader over a ``TensorDataset`` with the default collate, ``__getitem__`` per sample)
+against trainyard as it runs by default on in-memory tensors (the batched loader, ``loader.batched=auto``), in
+the same order, alternating: ``RESULT batched_vs_naive_raw_mlp`` and ``..._cnn`` (trainyard / naive raw throughput).
+
+    python benchmarks/overhead.py --sides batched [--repeats 5]
 """
 
 from __future__ import annotations
@@ -85,8 +93,8 @@ WORKLOADS = {
 }
 
 
-def make_config(workload: str, root: str, device: str, precision: str, name: str):
-    return load_config(None, WORKLOADS[workload] + [
+def make_config(workload: str, root: str, device: str, precision: str, name: str, batched: str = "false"):
+    return load_config(None, WORKLOADS[workload] + [f"loader.batched={batched}",
         f"track.root={root}", f"name={name}", "data.val_fraction=0", "data.test_fraction=0", "loader.batch_size=64",
         f"trainer.device={device}", f"trainer.precision={precision}", "trainer.progress=false",
     ])
@@ -150,6 +158,43 @@ def run_raw(cfg) -> tuple[float, dict[str, torch.Tensor]]:
             sched.step()
     sync(device)
     return cfg.trainer.epochs * len(data.train) / (time.perf_counter() - start), model.state_dict()
+
+
+def run_naive_raw(cfg) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loop a user writes first: a DataLoader over a ``TensorDataset`` (``__getitem__`` per sample, the default
+    collate stacks them), otherwise ``run_raw``: the same model, optimizer, schedule and order."""
+    from trainyard.data import build_data
+
+    device = torch.device("cuda" if cfg.trainer.device == "cuda" else "cpu")
+    seed_everything(cfg.seed)
+    data = build_data(cfg)
+    base = data.train.base if hasattr(data.train, "base") else data.train  # the preloaded tensors behind the split
+    dataset = torch.utils.data.TensorDataset(base.inputs, torch.as_tensor(base.labels))
+    model = build_model(cfg.model, data.info).to(device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
+    sync(device)
+    start = time.perf_counter()
+    order = torch.Generator()  # reseeded each epoch: the order DistributedSampler(seed).set_epoch(epoch) gives
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=torch.utils.data.RandomSampler(dataset, generator=order),
+                                         pin_memory=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.trainer.epochs * len(loader))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for epoch in range(cfg.trainer.epochs):
+        order.manual_seed(cfg.seed + epoch)
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                loss = loss_fn(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+    sync(device)
+    return cfg.trainer.epochs * len(dataset) / (time.perf_counter() - start), model.state_dict()
 
 
 def lightning_available() -> bool:
@@ -242,6 +287,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
     parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=list(WORKLOADS))
+    parser.add_argument("--sides", nargs="+", default=["overhead"], choices=["overhead", "batched"],
+                        help="overhead: raw loop vs trainyard on the same DataLoader (and Lightning); batched: naive raw loop vs trainyard's batched loader")
     parser.add_argument("--lightning-child", nargs=4, metavar=("WORKLOAD", "NAME", "ROOT", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.lightning_child:
@@ -259,11 +306,17 @@ def main() -> None:
     kept = keep_freed_host_memory()  # process-wide: the raw loop runs with it too
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}, "
           f"freed host memory {'kept (both sides)' if kept else 'returned to the OS (no glibc)'}")
-    lightning = lightning_available()
-    print(f"lightning: {'installed, a third column' if lightning else 'not installed, no column'}")
-    results, lightning_results = {}, {}
+    overhead = "overhead" in args.sides
+    lightning = overhead and lightning_available()
+    if overhead:
+        print(f"lightning: {'installed, a third column' if lightning else 'not installed, no column'}")
+    results, lightning_results, batched_results = {}, {}, {}
     with tempfile.TemporaryDirectory() as root:
         for workload in args.workloads:
+            if "batched" in args.sides:
+                batched_results[workload] = batched_side(workload, args, root)
+            if not overhead:
+                continue
             def config(name: str, workload: str = workload):
                 return make_config(workload, root, args.device, args.precision, f"{workload}-{name}")
 
@@ -294,6 +347,28 @@ def main() -> None:
         print(f"RESULT overhead_ratio_{workload} {ratio:.3f}")
     for workload, ratio in lightning_results.items():
         print(f"RESULT lightning_ratio_{workload} {ratio:.3f}")
+    for workload, ratio in batched_results.items():
+        print(f"RESULT batched_vs_naive_raw_{workload} {ratio:.3f}")
+
+
+def batched_side(workload: str, args, root: str) -> float:
+    """The naive raw loop against trainyard's batched loader: one unmeasured run of each (which checks that they
+    trained the same weights), then ``--repeats`` alternating pairs. Returns trainyard / naive, medians."""
+    def config(name: str, batched: str):
+        return make_config(workload, root, args.device, args.precision, f"{workload}-{name}", batched=batched)
+
+    _, naive_weights = run_naive_raw(config("warm-naive", "false"))
+    _, our_weights = run_trainyard(config("warm-batched", "true"))
+    print(f"{workload}: batched vs naive raw: final weights {same_weights(naive_weights, our_weights)}")
+    naive, ours = [], []
+    for i in range(args.repeats):  # alternating, so drift hits both sides alike
+        naive.append(run_naive_raw(config(f"naive-{i}", "false"))[0])
+        ours.append(run_trainyard(config(f"batched-{i}", "true"))[0])
+    n, o = statistics.median(naive), statistics.median(ours)
+    pairs = statistics.median(b / a for a, b in zip(naive, ours))
+    print(f"{workload}: naive raw {n:,.0f} samples/s  trainyard batched {o:,.0f} samples/s  ratio {o / n:.3f} (median of pairs {pairs:.3f})  "
+          f"(naive runs {', '.join(f'{v:,.0f}' for v in naive)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})")
+    return o / n
 
 
 if __name__ == "__main__":
