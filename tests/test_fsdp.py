@@ -99,6 +99,17 @@ def test_two_sharded_ranks_of_batch_b_train_like_one_process_of_batch_2b(mlp_pai
 
 
 @pytest.mark.timeout(400)
+def test_accumulation_and_clipping_under_fsdp_train_like_one_process(mlp_pair, tmp_path):
+    """2 ranks x batch 8 x 2 accumulated micro-batches (the first without gradient sync) = one process of
+    batch 32; a clip far above the gradient norm goes through the sharded norm and changes nothing."""
+    finished(train(f"track.root={tmp_path}", *MLP, *STEPS, "loader.batch_size=8", "trainer.accumulate=2", "trainer.clip_grad_norm=1000000",
+                   "parallel.strategy=fsdp", "parallel.devices=2"))
+    fsdp = checkpoint(only_run(tmp_path))
+    assert fsdp["step"] == 12
+    assert_same_weights(fsdp["model"], checkpoint(mlp_pair["single"])["model"])
+
+
+@pytest.mark.timeout(400)
 def test_checkpoint_moves_between_fsdp_and_single_and_world_sizes(mlp_pair):
     """The fsdp run (2 ranks) resumed as one process, the single run resumed as 2 fsdp ranks: 12 more steps
     each; both continue the same optimisation (AdamW's moments included), so they end with the same weights."""
