@@ -40,7 +40,10 @@ def evaluate(
     counted and its Wilson 95% interval, ``<prefix>/accuracy/correct``, ``/count``, ``/low``, ``/high``; from
     the same totals as training's (``task.train_stat``), summed on the device and read with the metrics."""
     device = strategy.device
-    loss_metric = torchmetrics.MeanMetric(nan_strategy="disable").to(device)  # a nan batch makes the loss nan: never dropped unseen
+    # The loss as a sum over samples and their count: a nan batch makes the mean nan, never dropped unseen
+    # (MeanMetric drops nan with a warning, and with nan_strategy=disable it ignores the weights).
+    loss_sum = torchmetrics.SumMetric(nan_strategy="disable").to(device)
+    loss_count = torchmetrics.SumMetric().to(device)
     metrics = task.build_metrics(device)
     criterion = task.criterion
     was_training = model.training
@@ -59,12 +62,13 @@ def evaluate(
                 continue
             logits = output_logits(out)
             saw_output, saw_logits = True, saw_logits or logits is not None
-            y = y.to((logits if logits is not None else loss_metric.mean_value).device, non_blocking=True)
+            y = y.to((logits if logits is not None else loss_sum.sum_value).device, non_blocking=True)
             if logits is not None:
                 logits = logits.float()
             # a plain tensor is the logits (in float32 for the loss); anything else may hold the model's own loss
             plain = out.__class__ is torch.Tensor and logits is not None
-            loss_metric.update(criterion(logits if plain else out, y).float(), weight=len(y))
+            loss_sum.update(criterion(logits if plain else out, y).float() * len(y))
+            loss_count.update(float(len(y)))
             if logits is not None:
                 if metrics:
                     preds, target = task.metric_inputs(logits, y)
@@ -78,7 +82,8 @@ def evaluate(
                     collector.update(x, logits, y)
     finally:
         model.train(was_training)
-    values = {f"{prefix}/loss": float(loss_metric.compute())}
+    count = float(loss_count.compute())
+    values = {f"{prefix}/loss": float(loss_sum.compute()) / count if count else float("nan")}
     if saw_output and not saw_logits:
         metrics = {}  # the model returns only its loss: nothing to score (every rank alike, so no collective is skipped on one alone)
     for name, metric in metrics.items():
