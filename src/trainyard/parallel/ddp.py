@@ -70,6 +70,10 @@ class DistributedDataParallel(Strategy):
     def _run_rank(self, fn: Callable[..., Any], args: tuple) -> Any:
         """One rank of a launcher-started run: errors name the rank (the launcher stops the others)."""
         env = self.env
+        if env.launcher == "torchrun":
+            from torch.distributed.elastic.multiprocessing.errors import record
+
+            fn = record(fn)  # the failing rank's error goes into torchrun's error file and its failure summary
         try:
             return fn(self, *args)
         except TrainyardError as exc:

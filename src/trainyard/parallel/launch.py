@@ -155,18 +155,22 @@ class RankReport:
     failed_at: float = 0.0  # when the rank started tearing down: the first to fail tears down first
     user_error: bool = False
     interrupted: dict | None = None
+    primary: bool = False  # the rank whose result the run returns (rank 0; a pipeline's last stage)
 
 
-def spawn(strategy: Any, fn: Callable[..., Any], args: tuple, nprocs: int, grace_s: float) -> Any:
+def spawn(strategy: Any, fn: Callable[..., Any], args: tuple, nprocs: int, grace_s: float, port: int | None = None) -> Any:
     """Run ``fn(strategy, *args)`` in ``nprocs`` fresh processes on 127.0.0.1 (``torch.multiprocessing.spawn``)
-    and return rank 0's result. When any rank fails, the others get ``grace_s`` seconds to stop by themselves
-    (a collective with a dead peer fails), then are terminated; the error raised names the rank that failed first."""
+    and return the primary's result. The one way a run starts processes (ddp and fsdp ranks, pipeline stages):
+    each process enters its place through ``strategy.enter_process(rank, nprocs, port)`` when the strategy has
+    one, and reports how it ended in a file the parent reads. When any rank fails, the others get ``grace_s``
+    seconds to stop by themselves (a collective with a dead peer fails), then are terminated; the error raised
+    names the rank that failed first."""
     import tempfile
 
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
 
-    port = free_port()
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="trainyard-ranks-") as reports_dir:
         context = mp.start_processes(_spawned_rank, args=(strategy, fn, args, nprocs, port, reports_dir), nprocs=nprocs, join=False)
         failure: BaseException | None = None
@@ -188,15 +192,21 @@ def spawn(strategy: Any, fn: Callable[..., Any], args: tuple, nprocs: int, grace
             if path.is_file():
                 reports[rank] = pickle.loads(path.read_bytes())
     if failure is None:
-        return reports[0].result
+        primary = [r for r in reports.values() if r.primary]
+        return primary[0].result if primary else None
     raise _failure_error(failure, reports, nprocs)
 
 
 def _spawned_rank(local_rank: int, strategy: Any, fn: Callable[..., Any], args: tuple, nprocs: int, port: int, reports_dir: str) -> None:
-    strategy.env = ProcessEnv("spawn", local_rank, local_rank, nprocs, nprocs, "127.0.0.1", port)
+    enter = getattr(strategy, "enter_process", None)
+    if enter is not None:
+        enter(local_rank, nprocs, port)
+    else:
+        strategy.env = ProcessEnv("spawn", local_rank, local_rank, nprocs, nprocs, "127.0.0.1", port)
     try:
         result = fn(strategy, *args)
-        report = RankReport(local_rank, ok=True, result=result if local_rank == 0 else None)
+        primary = bool(getattr(strategy, "is_primary", local_rank == 0))
+        report = RankReport(local_rank, ok=True, result=result if primary else None, primary=primary)
     except BaseException as exc:
         report = failure_report(local_rank, exc, getattr(strategy, "teardown_at", None))
         _write_report(reports_dir, report)
@@ -236,7 +246,8 @@ def _failure_error(failure: BaseException, reports: dict[int, RankReport], nproc
         return RankFailed(f"rank {index} of {nprocs} exited with code {getattr(failure, 'exit_code', '?')} without a report")
     first = failed[0]
     if first.user_error:
-        error = TrainyardError(f"rank {first.rank} of {nprocs}: {first.message}")
+        alike = len(failed) > 1 and all(r.message == first.message for r in failed)  # every rank's own config check: no rank to name
+        error = TrainyardError(first.message if alike else f"rank {first.rank} of {nprocs}: {first.message}")
         error.exit_code = first.exit_code
         return error
     print(f"--- traceback of rank {first.rank} of {nprocs} ---\n{first.traceback}", file=sys.stderr, end="", flush=True)

@@ -14,9 +14,7 @@ epoch; evaluation batches) get their own schedule with the largest micro-batch c
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import warnings
 from datetime import timedelta
 from typing import Any, Callable, ContextManager
@@ -25,10 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainyard.errors import ConfigError, Interrupted, TrainyardError
+from trainyard.errors import ConfigError
 from trainyard.parallel import Strategy
 from trainyard.parallel.blocks import BlockChain, Split, bubble_fraction, plan_split, stage_devices
-from trainyard.parallel.launch import free_port
+from trainyard.parallel.launch import free_port, spawn
 
 
 class PipelineParallel(Strategy):
@@ -69,43 +67,19 @@ class PipelineParallel(Strategy):
 
     # --- processes -------------------------------------------------------------------
     def launch(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Start one process per stage (MASTER_ADDR/MASTER_PORT from the environment, else a free local port)."""
-        import torch.multiprocessing as mp
-
+        """One process per stage, started and reported on as ddp's ranks are (MASTER_ADDR/MASTER_PORT from the
+        environment, else a free local port)."""
         self._addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-        self._port = int(os.environ.get("MASTER_PORT") or free_port())
-        queue = mp.get_context("spawn").SimpleQueue()
-        context = mp.start_processes(_stage_main, args=(self, fn, args, queue), nprocs=self.num_stages, join=False, start_method="spawn")
-        # when one stage fails, join() ends the others and logs each; the failure itself is what we report
-        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
-        level = spawn_log.level
-        spawn_log.setLevel(logging.ERROR)
-        try:
-            while True:
-                try:
-                    if context.join():
-                        break
-                except KeyboardInterrupt:  # Ctrl-C reached the stages too: they save last.pt and stop
-                    continue
-        except mp.ProcessExitedException:
-            if queue.empty():
-                raise
-            # else a stage exited with a user-facing error or an interrupt in the queue; join() ended the others
-        finally:
-            spawn_log.setLevel(level)
-        if queue.empty():
-            raise RuntimeError("pipeline: the last stage exited without a result")
-        kind, *rest = queue.get()
-        if kind == "result":
-            return rest[0]
-        if kind == "error":
-            cls, message = rest
-            import trainyard.errors as errors
+        port = int(os.environ.get("MASTER_PORT") or free_port())
+        return spawn(self, fn, args, self.num_stages, grace_s=min(self.cfg.parallel.timeout, 10), port=port)
 
-            raise getattr(errors, cls, TrainyardError)(message)
-        if kind == "interrupted":
-            raise Interrupted(*rest)
-        raise RuntimeError(f"pipeline: unexpected report from a stage: {kind}")
+    def enter_process(self, stage: int, nprocs: int, port: int) -> None:
+        """In stage process ``stage``, before the run's body: its place, and a fair share of the cores."""
+        self.stage, self._port = stage, port
+        os.environ.update(RANK=str(stage), LOCAL_RANK=str(stage), WORLD_SIZE=str(nprocs))
+        if "OMP_NUM_THREADS" not in os.environ:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // nprocs))
 
     def setup(self) -> None:
         self.device = self.devices[self.stage]
@@ -279,22 +253,3 @@ def _no_inplace_input(module: nn.Module) -> None:
         if not children:
             return
         module = children[0]
-
-
-def _stage_main(stage: int, strategy: PipelineParallel, fn: Callable[..., Any], args: tuple, queue) -> None:
-    """The body of stage process ``stage``: run ``fn``, report the primary's result or a user-facing error."""
-    os.environ.update(RANK=str(stage), LOCAL_RANK=str(stage), WORLD_SIZE=str(strategy.num_stages))
-    if "OMP_NUM_THREADS" not in os.environ:  # the stages share this machine's cores fairly
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // strategy.num_stages))
-    strategy.stage = stage
-    try:
-        result = fn(strategy, *args)
-    except TrainyardError as exc:
-        queue.put(("error", type(exc).__name__, str(exc)))
-        sys.exit(2)
-    except Interrupted as exc:  # every stage saved its part of last.pt together before this
-        queue.put(("interrupted", exc.signum, exc.run_dir, exc.detail))
-        sys.exit(exc.exit_code)
-    if strategy.is_primary:
-        queue.put(("result", result))
