@@ -228,6 +228,7 @@ def images(digits):
 @pytest.mark.parametrize("step", [
     v2.RandomCrop(16, padding=3),
     v2.RandomCrop(12, padding=2, padding_mode="reflect"),
+    v2.RandomCrop((16, 14), padding=(1, 2, 3, 0), fill=77),  # left, top, right, bottom
     v2.RandomHorizontalFlip(),
     v2.RandomVerticalFlip(p=0.3),
     v2.RandomAffine(degrees=10, translate=(0.125, 0.125)),  # the digits default job's
