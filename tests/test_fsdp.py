@@ -131,6 +131,15 @@ def test_sharded_cnn_trains_like_ddp(tmp_path):
     assert_same_weights(fsdp["model"], ddp["model"])  # BatchNorm's running statistics too: rank 0's under both
 
 
+@pytest.mark.timeout(300)
+def test_bf16_under_fsdp_trains_and_keeps_fp32_weights(tmp_path):
+    finished(train(f"track.root={tmp_path}", *MLP, *STEPS, "loader.batch_size=16", "trainer.precision=bf16", "parallel.strategy=fsdp", "parallel.devices=2"))
+    run = only_run(tmp_path)
+    state = checkpoint(run)
+    assert state["step"] == 12 and all(t.dtype == torch.float32 for t in state["model"].values())  # the fp32 shards, gathered
+    assert 0 < status(run)["final"]["val/loss"] < 3
+
+
 # --- bad settings: one line, exit 2 ------------------------------------------------------------------
 
 
@@ -147,10 +156,19 @@ def test_a_shard_class_the_model_lacks_is_one_line_naming_its_classes(tmp_path):
 def test_fp16_under_fsdp_on_cpu_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU message")
-    result = run_cli("train", f"track.root={tmp_path}", "parallel.strategy=fsdp", "parallel.devices=2", "trainer.precision=fp16", "trainer.device=cpu", env=ENV)
+    result = run_cli("train", f"track.root={tmp_path}", "parallel.strategy=fsdp", "parallel.devices=2", "trainer.precision=fp16", "trainer.device=cpu",
+                     "trainer.on_nonfinite=ignore", env=ENV)
     assert result.returncode == 2
     assert result.stderr.strip() == ("trainyard: error: trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; "
                                      "use trainer.precision=bf16 or 32")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_weight_check_under_fsdp_is_refused_before_any_process_starts(tmp_path):
+    result = run_cli("train", f"track.root={tmp_path}", "parallel.strategy=fsdp", "parallel.devices=2", env=ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("trainyard: error: trainer.on_nonfinite=stop: not yet under parallel.strategy=fsdp")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.data import Dataset, Sampler
 
@@ -60,6 +60,11 @@ class FullyShardedDataParallel(DistributedDataParallel):
         t = self.cfg.trainer
         if t.precision == "fp16" and not uses_cuda(t.device):
             raise ConfigError("trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; use trainer.precision=bf16 or 32")
+        if t.on_nonfinite != "ignore":
+            # the epoch-end nan/inf check reads every parameter as a plain tensor; fsdp's are DTensor shards
+            # (the trainer's _nonfinite_tensors would need DTensor.to_local()): refused here, not after an epoch
+            raise ConfigError(f"trainer.on_nonfinite={t.on_nonfinite}: not yet under parallel.strategy=fsdp (the weight check cannot read sharded "
+                              "parameters); set trainer.on_nonfinite=ignore")
         check_shard_setting(self.cfg.parallel.shard)
         return super().launch(fn, *args)
 
@@ -91,9 +96,12 @@ class FullyShardedDataParallel(DistributedDataParallel):
         self.total_parameters = sum(q.numel() for q in model.parameters())
         paths = shard_paths(model, p.shard, f"model.name={self.cfg.model.name}")
         modules = dict(model.named_modules())
+        # bf16: FSDP's own policy, weights gathered and computed in bf16, gradients reduced and stepped in fp32
+        # (the fp32 shards stay the optimizer's); autocast still runs around the forward as under every strategy
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.cfg.trainer.precision == "bf16" else MixedPrecisionPolicy()
         for path in paths:  # inner blocks first: each becomes one all-gather group; the root takes what is left
-            fully_shard(modules[path], reshard_after_forward=p.reshard_after_forward)
-        fully_shard(model, reshard_after_forward=p.reshard_after_forward)
+            fully_shard(modules[path], reshard_after_forward=p.reshard_after_forward, mp_policy=policy)
+        fully_shard(model, reshard_after_forward=p.reshard_after_forward, mp_policy=policy)
         self.sharded = [*paths, ""]
         self.rank_parameters = sum(q.to_local().numel() if isinstance(q, DTensor) else q.numel() for q in model.parameters())
         self.model = model  # the optimizer's state is keyed through it
