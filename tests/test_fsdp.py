@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from conftest import SRC, run_cli
@@ -203,6 +204,8 @@ def test_auto_shards_the_blocks_then_the_root_and_keeps_tied_weights_with_the_ro
     seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3), nn.ReLU()))
     assert shard_paths(seq, "auto", "here") == ["0", "2"]  # ReLU holds nothing to shard
     assert shard_paths(Tied(), "auto", "here") == ["layers.0", "layers.1", "layers.2"]
+    resnet = torchvision.models.resnet18(num_classes=10)
+    assert shard_paths(resnet, "auto", "here") == ["layer1", "layer2", "layer3", "layer4"]  # the stem and fc (<1%) stay with the root
     assert shard_paths(Tied(), ["Linear"], "here") == ["layers.0", "layers.1", "layers.2"]  # head shares embed's weight
     with pytest.raises(ConfigError, match=r"Tied has no module of class Block; its classes: Embedding, Linear, ModuleList, Tied"):
         shard_paths(Tied(), ["Block"], "here")

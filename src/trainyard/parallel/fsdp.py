@@ -5,7 +5,8 @@ Processes, samplers and collectives are ddp's (spawn, torchrun, SLURM). The mode
 parameter as a DTensor shard, gathers a block's full weights just before that block computes and frees them
 after (``parallel.reshard_after_forward``), and reduce-scatters the gradients, so the optimizer steps on the
 shard alone. Which blocks: ``parallel.shard: auto`` (the blocks :func:`named_blocks` lists, else the layers
-of a ``ModuleList`` of like layers, then the root) or a list of module class names.
+of a ``ModuleList`` of like layers; those under 1% of the parameters stay with the root) or a list of
+module class names.
 
 Checkpoints hold full tensors in the plain module's keys and the optimizer's own (index-keyed) format, the
 same file ``single`` and ``ddp`` write: gathered on rank 0, on the CPU. So a run moves between strategies and
@@ -205,7 +206,9 @@ def shard_paths(model: nn.Module, shard: Any, where: str) -> list[str]:
     check_shard_setting(shard)
     modules = dict(model.named_modules())
     if shard == "auto":
-        candidates = auto_blocks(model)
+        # a block under 1% of the parameters (a stem conv, a norm) is not worth its own all-gather: it stays with the root
+        total = max(sum(q.numel() for q in model.parameters()), 1)
+        candidates = [path for path in auto_blocks(model) if sum(q.numel() for q in modules[path].parameters()) >= 0.01 * total]
     else:
         have = sorted({type(m).__name__ for m in modules.values()})
         missing = [n for n in shard if n not in have]
