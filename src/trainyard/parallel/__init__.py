@@ -20,9 +20,9 @@ STRATEGIES = Registry("strategy", "parallel.strategy")
 STRATEGIES.register("single", "trainyard.parallel.single:SingleDevice", "one process, one device")
 STRATEGIES.register("dp", "trainyard.parallel.dp:DataParallelStrategy", "nn.DataParallel over the GPUs of one process")
 STRATEGIES.register("ddp", "trainyard.parallel.ddp:DistributedDataParallel", "one process per device, gradients all-reduced")
-STRATEGIES.register("fsdp", "trainyard.parallel.fsdp:FullyShardedDataParallel", "one process per device, parameters, gradients and optimizer state sharded")
 STRATEGIES.register("model", "trainyard.parallel.model:ModelParallel", "one process, the model's blocks on several devices")
 STRATEGIES.register("pipeline", "trainyard.parallel.pipeline:PipelineParallel", "one process per stage, micro-batches in flight")
+STRATEGIES.register("fsdp", "trainyard.parallel.fsdp:FullyShardedDataParallel", "one process per device, parameters, gradients and optimizer state sharded")
 
 
 class Strategy:
