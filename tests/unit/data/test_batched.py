@@ -273,3 +273,17 @@ def test_on_cuda_the_split_is_resident_and_augmented_there(digits):
     g = torch.Generator(device=cuda).manual_seed(1)
     fast = torch.stack([batch_step(step)(images.to(cuda), g) for _ in range(DRAWS)]).float().cpu()
     assert_same_distribution(slow, fast, "RandomAffine on cuda")
+
+
+def test_batches_gathered_in_blocks_are_the_same_batches(plain_digits, digits, monkeypatch):
+    import trainyard.data.batched as batched_module
+
+    monkeypatch.setattr(batched_module, "BLOCK_BYTES", 3 * 32 * 64)  # 3 batches of 32 8x8 uint8 images per block
+    fast, slow = pair(plain_digits.train, batch_size=32, drop_last=True)
+    assert_same_batches(batches(fast, 1), batches(slow, 1))
+    sampler = ResumableSampler(train_sampler(digits.train, shuffle=True, seed=0).inner)
+    loader = build_loader(digits.train, loader_cfg(batch_size=32), device=CPU, sampler=sampler, train=True)
+    full = batches(loader, epoch=0, seed=4)
+    assert_same_batches(full[4:], batches(loader, epoch=0, seed=4, skip=4 * 32))  # a skip inside a block
+    monkeypatch.undo()
+    assert_same_batches(full, batches(loader, epoch=0, seed=4))  # the block size changes nothing
