@@ -27,8 +27,6 @@ TESTS = Path(__file__).resolve().parent
 SETUP = [
     "optim.name=adamw", "optim.lr=0.01", "schedule.name=constant", "data.train_transforms=[]", "trainer.progress=false",
     "trainer.log_every=4", "trainer.histogram_every=0", "track.images=false", "track.graph=false",
-    # the epoch-end nan/inf check over the weights reads parameters as plain tensors; fsdp's are DTensors
-    "trainer.on_nonfinite=ignore",
 ]
 MLP = ["model.name=mlp", "model.width=16"]
 CNN = ["model.name=cnn", "model.width=8"]
@@ -171,19 +169,20 @@ def test_fp16_under_fsdp_on_cpu_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU message")
     result = run_cli("train", f"track.root={tmp_path}", "parallel.strategy=fsdp", "parallel.devices=2", "trainer.precision=fp16", "trainer.device=cpu",
-                     "trainer.on_nonfinite=ignore", env=ENV)
+                     env=ENV)
     assert result.returncode == 2
     assert result.stderr.strip() == ("trainyard: error: trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; "
                                      "use trainer.precision=bf16 or 32")
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.timeout(60)
-def test_the_weight_check_under_fsdp_is_refused_before_any_process_starts(tmp_path):
-    result = run_cli("train", f"track.root={tmp_path}", "parallel.strategy=fsdp", "parallel.devices=2", env=ENV)
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("trainyard: error: trainer.on_nonfinite=stop: not yet under parallel.strategy=fsdp")
-    assert list(tmp_path.iterdir()) == []
+@pytest.mark.timeout(240)
+def test_a_diverging_fsdp_run_stops_as_diverged_with_its_sharded_weights_checked(tmp_path, port):
+    result = run_cli("train", f"track.root={tmp_path}", *SETUP, *MLP, "parallel.strategy=fsdp", "parallel.devices=2", "optim.name=sgd",
+                     "optim.lr=1e6", "trainer.epochs=2", "name=nan", env={**ENV, "MASTER_PORT": str(port)})
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "diverged" in result.stderr and "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "nan" / "status.json").read_text())["status"] == "diverged"
 
 
 # --- the pieces, in one process ----------------------------------------------------------------------

@@ -223,7 +223,7 @@ def fit(
     parts.collate_fn = collate_fn
     if resume is None and cfg.name is None:
         cfg.name = fresh_name(cfg.track.root)  # so the caller learns the folder, whichever process creates it
-    if cfg.parallel.strategy in ("ddp", "pipeline"):
+    if cfg.parallel.strategy in ("ddp", "fsdp", "pipeline"):
         _check_picklable(parts, cfg.parallel.strategy)
     final = run_training(cfg, resume=resume, parts=parts)
     run_dir = Path(resume) if resume is not None else Path(cfg.track.root) / cfg.name

@@ -491,8 +491,8 @@ class Trainer:
     def _nonfinite_tensors(self) -> torch.Tensor:
         """How many of this process's floating-point parameters and buffers hold a nan or inf, on ``self.device``
         (no host sync: read with the epoch-end reduction)."""
-        flags = [torch.isfinite(p).all().logical_not().to(self.device) for p in itertools.chain(self.model.parameters(), self.model.buffers())
-                 if p.is_floating_point() and p.numel()]
+        tensors = (p.to_local() if hasattr(p, "to_local") else p for p in itertools.chain(self.model.parameters(), self.model.buffers()))  # fsdp: this rank's shard
+        flags = [torch.isfinite(p).all().logical_not().to(self.device) for p in tensors if p.is_floating_point() and p.numel()]
         return torch.stack(flags).sum().float() if flags else torch.zeros((), device=self.device)
 
     def _skip_nonfinite(self, pending: list, add_totals: Callable) -> bool:

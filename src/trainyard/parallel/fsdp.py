@@ -61,11 +61,6 @@ class FullyShardedDataParallel(DistributedDataParallel):
         t = self.cfg.trainer
         if t.precision == "fp16" and not uses_cuda(t.device):
             raise ConfigError("trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; use trainer.precision=bf16 or 32")
-        if t.on_nonfinite != "ignore":
-            # the epoch-end nan/inf check reads every parameter as a plain tensor; fsdp's are DTensor shards
-            # (the trainer's _nonfinite_tensors would need DTensor.to_local()): refused here, not after an epoch
-            raise ConfigError(f"trainer.on_nonfinite={t.on_nonfinite}: not yet under parallel.strategy=fsdp (the weight check cannot read sharded "
-                              "parameters); set trainer.on_nonfinite=ignore")
         check_shard_setting(self.cfg.parallel.shard)
         return super().launch(fn, *args)
 
