@@ -298,8 +298,12 @@ def test_resumed_bucketed_run_equals_uninterrupted_and_reuses_saved_tokenizer(sm
     train(text_cfg(sms, *common, "trainer.epochs=1", "name=resumed"))
     run_dir = tmp_path / "resumed"
     saved = (run_dir / "tokenizer.json").read_text(encoding="utf-8")
-    # the resumed config asks for another tokenizer: the run's saved one must win, or the checkpoint's embedding rows would shift
-    resumed = train(load_config(run_dir / "config.yaml", ["trainer.epochs=2", "data.tokenizer=bpe"]), resume=run_dir)
+    # another tokenizer would shift the checkpoint's embedding rows: refused on one line, before anything is written
+    from trainyard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.tokenizer=bpe \(trained with basic\) cannot change on resume"):
+        train(load_config(run_dir / "config.yaml", ["trainer.epochs=2", "data.tokenizer=bpe"]), resume=run_dir)
+    resumed = train(load_config(run_dir / "config.yaml", ["trainer.epochs=2"]), resume=run_dir)
     assert (run_dir / "tokenizer.json").read_text(encoding="utf-8") == saved
     for key in ("train/loss", "val/loss", "test/accuracy"):
         assert resumed[key] == straight[key], key

@@ -109,12 +109,13 @@ def test_a_copy_cut_short_leaves_the_previous_best_whole(tmp_path):
         import resource, signal, sys
         sys.path.insert(0, {str(SRC)!r})
         from trainyard.engine.checkpoint import link_checkpoint
+        from trainyard.errors import WriteError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
         try:
             print(link_checkpoint({str(last)!r}, {str(best)!r}))
-        except OSError as exc:
-            print("failed", exc.errno)
+        except WriteError as exc:  # one line naming the file (and that a size limit stopped it)
+            print("failed", exc)
     """)
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
