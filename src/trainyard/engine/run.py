@@ -66,8 +66,9 @@ def check_names(cfg: RunConfig, parts: UserParts | None = None) -> None:
 RESUMABLE = (
     "name", "callbacks", "track.",
     "trainer.epochs", "trainer.max_steps", "trainer.patience", "trainer.log_every", "trainer.histogram_every",
-    "trainer.progress", "trainer.keep_host_memory", "trainer.on_nonfinite", "trainer.device", "trainer.deterministic",
+    "trainer.progress", "trainer.progress_every_s", "trainer.keep_host_memory", "trainer.on_nonfinite", "trainer.device", "trainer.deterministic",
     "loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "loader.prefetch_factor", "loader.eval_batch_size",
+    "loader.batched",
     "data.root", "data.download",
     # a checkpoint moves between strategies and world sizes (the global batch kept by loader.batch_size)
     "parallel.", "loader.batch_size",
