@@ -33,10 +33,25 @@ def trainyard_throughput(device: str, processes: int, batch: int, width: int, st
     with tempfile.TemporaryDirectory() as tmp:
         parallel = ["parallel.strategy=ddp", f"parallel.devices={processes}"] if processes > 1 else ["parallel.strategy=single"]
         args = [
-            f"track.root={tmp}", "model.name=mlp", f"model.width={width}", "model.depth=2", f"loader.batch_size={batch // processes}",
-            "trainer.epochs=1000", f"trainer.max_steps={steps}", "trainer.log_every=5", "trainer.progress=false", f"trainer.device={device}",
-            "data.val_fraction=0", "data.test_fraction=0.05", "data.train_transforms=[]", "track.images=false", "track.graph=false",
-            "trainer.histogram_every=0", "optim.name=sgd", "schedule.name=constant", *parallel,
+            f"track.root={tmp}",
+            "model.name=mlp",
+            f"model.width={width}",
+            "model.depth=2",
+            f"loader.batch_size={batch // processes}",
+            "trainer.epochs=1000",
+            f"trainer.max_steps={steps}",
+            "trainer.log_every=5",
+            "trainer.progress=false",
+            f"trainer.device={device}",
+            "data.val_fraction=0",
+            "data.test_fraction=0.05",
+            "data.train_transforms=[]",
+            "track.images=false",
+            "track.graph=false",
+            "trainer.histogram_every=0",
+            "optim.name=sgd",
+            "schedule.name=constant",
+            *parallel,
         ]
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # trainyard splits the cores itself
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
@@ -46,7 +61,9 @@ def trainyard_throughput(device: str, processes: int, batch: int, width: int, st
         if done.returncode != 0:
             sys.exit(f"trainyard run failed:\n{done.stderr[-2000:]}")
         (run,) = [p for p in Path(tmp).iterdir() if p.is_dir()]
-        rates = [r["perf/samples_per_s"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "perf/samples_per_s" in r]
+        rates = [
+            r["perf/samples_per_s"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "perf/samples_per_s" in r
+        ]
         return statistics.median(rates[1:] or rates)
 
 

@@ -44,7 +44,10 @@ def main() -> None:
         for i in range(args.repeats):
             plain.append(timed([sys.executable, str(ROOT / "examples" / "train_torch.py")], tmp))
             ours.append(timed([sys.executable, "-m", "trainyard", "train", f"name=bench-{i}"], tmp))
-            print(f"run {i}: plain {plain[-1][0]:.1f}s acc {plain[-1][1]:.4f} | trainyard {ours[-1][0]:.1f}s acc {ours[-1][1]:.4f}", flush=True)
+            print(
+                f"run {i}: plain {plain[-1][0]:.1f}s acc {plain[-1][1]:.4f} | trainyard {ours[-1][0]:.1f}s acc {ours[-1][1]:.4f}",
+                flush=True,
+            )
     wall_ours = statistics.median(w for w, _ in ours)
     wall_plain = statistics.median(w for w, _ in plain)
     print(f"RESULT default_job_accuracy {statistics.median(a for _, a in ours):.4f}")

@@ -99,7 +99,10 @@ def main() -> None:
     mib = 2**20
     total = int(results["ddp"][0][5])
     print(f"model: {args.layers} x Linear({args.width}, {args.width}), {total / 1e6:.1f} M parameters, AdamW, 2 processes on {args.device}")
-    print("| strategy | rank | params MiB | grads MiB | AdamW state MiB | params+grads+state MiB | peak RSS MiB |" + (" peak CUDA MiB |" if args.device == "cuda" else ""))
+    print(
+        "| strategy | rank | params MiB | grads MiB | AdamW state MiB | params+grads+state MiB | peak RSS MiB |"
+        + (" peak CUDA MiB |" if args.device == "cuda" else "")
+    )
     print("|---|---|---|---|---|---|---|" + ("---|" if args.device == "cuda" else ""))
     held = {}
     for name, rows in results.items():

@@ -25,9 +25,9 @@ for prec in bf16 fp16; do
   $PY benchmarks/overhead.py --device cuda --precision $prec --repeats 5 | grep -E "RESULT|ratio"
 done
 
-echo "== CUDA tests (tests/test_cuda.py: cuda and multi_gpu markers)"
+echo "== CUDA tests (tests/integration/test_cuda.py: cuda and multi_gpu markers)"
 $PY -m pip install -q pytest pytest-timeout 2>/dev/null
-$PY -m pytest -q -m "cuda or multi_gpu" tests/test_cuda.py 2>&1 | tail -3
+$PY -m pytest -q -m "cuda or multi_gpu" tests/integration/test_cuda.py 2>&1 | tail -3
 
 # --- issue 5: text models on cuda (packed RNNs, padding masks, bucketing) under bf16 -------
 SMS=${SMS:-../shared/data/sms_spam/SMSSpamCollection}

@@ -69,7 +69,9 @@ def digits64(cfg) -> DataBundle:
         raw = load_digits()
         x = torch.from_numpy(raw.images).float().div(16).sub(0.3).div(0.4).unsqueeze(1).repeat(32, 1, 1, 1)
         y = torch.from_numpy(raw.target).long().repeat(32)
-        info = DataInfo(kind="image", num_classes=10, classes=[str(i) for i in range(10)], in_channels=1, image_size=(8, 8), mean=(0.3,), std=(0.4,))
+        info = DataInfo(
+            kind="image", num_classes=10, classes=[str(i) for i in range(10)], in_channels=1, image_size=(8, 8), mean=(0.3,), std=(0.4,)
+        )
         _CACHE["mlp"] = DataBundle(TensorPairs(x, y), None, None, info)
     return _CACHE["mlp"]
 
@@ -81,7 +83,15 @@ def mnist28(cfg) -> DataBundle:
 
         ds = MNIST(root=str(SHARED), train=True, download=False)
         x = ds.data.float().div(255).sub(0.1307).div(0.3081).unsqueeze(1)
-        info = DataInfo(kind="image", num_classes=10, classes=[str(i) for i in range(10)], in_channels=1, image_size=(28, 28), mean=(0.1307,), std=(0.3081,))
+        info = DataInfo(
+            kind="image",
+            num_classes=10,
+            classes=[str(i) for i in range(10)],
+            in_channels=1,
+            image_size=(28, 28),
+            mean=(0.1307,),
+            std=(0.3081,),
+        )
         _CACHE["cnn"] = DataBundle(TensorPairs(x, ds.targets), None, None, info)
     return _CACHE["cnn"]
 
@@ -94,19 +104,30 @@ WORKLOADS = {
 
 
 def make_config(workload: str, root: str, device: str, precision: str, name: str, batched: str = "false"):
-    return load_config(None, WORKLOADS[workload] + [f"loader.batched={batched}",
-        f"track.root={root}", f"name={name}", "data.val_fraction=0", "data.test_fraction=0", "loader.batch_size=64",
-        f"trainer.device={device}", f"trainer.precision={precision}", "trainer.progress=false",
-    ])
+    return load_config(
+        None,
+        WORKLOADS[workload]
+        + [
+            f"loader.batched={batched}",
+            f"track.root={root}",
+            f"name={name}",
+            "data.val_fraction=0",
+            "data.test_fraction=0",
+            "loader.batch_size=64",
+            f"trainer.device={device}",
+            f"trainer.precision={precision}",
+            "trainer.progress=false",
+        ],
+    )
 
 
 def run_trainyard(cfg) -> tuple[float, dict[str, torch.Tensor]]:
     """Samples per second of Trainer(...) + fit() with the default tracking, and the final weights."""
+    from trainyard.data import build_data
     from trainyard.engine.trainer import Trainer
     from trainyard.parallel import build_strategy
     from trainyard.track import build_trackers
     from trainyard.track.rundir import new_run_dir
-    from trainyard.data import build_data
 
     strategy = build_strategy(cfg)
     strategy.setup()
@@ -140,7 +161,9 @@ def run_raw(cfg) -> tuple[float, dict[str, torch.Tensor]]:
     start = time.perf_counter()
     order = torch.Generator()  # reseeded each epoch: the order DistributedSampler(seed).set_epoch(epoch) gives
     sampler = torch.utils.data.RandomSampler(data.train, generator=order)
-    loader = torch.utils.data.DataLoader(data.train, batch_size=64, sampler=sampler, pin_memory=device.type == "cuda", generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(
+        data.train, batch_size=64, sampler=sampler, pin_memory=device.type == "cuda", generator=torch.Generator()
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.trainer.epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
@@ -176,8 +199,9 @@ def run_naive_raw(cfg) -> tuple[float, dict[str, torch.Tensor]]:
     sync(device)
     start = time.perf_counter()
     order = torch.Generator()  # reseeded each epoch: the order DistributedSampler(seed).set_epoch(epoch) gives
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=torch.utils.data.RandomSampler(dataset, generator=order),
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=64, sampler=torch.utils.data.RandomSampler(dataset, generator=order), pin_memory=device.type == "cuda"
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.trainer.epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
@@ -213,8 +237,22 @@ def run_lightning_process(workload: str, args, root: str, name: str) -> tuple[fl
 
     weights = Path(root) / f"{name}-lightning-weights.pt"
     out = subprocess.run(
-        [sys.executable, __file__, "--lightning-child", workload, name, root, str(weights), "--device", args.device, "--precision", args.precision],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            __file__,
+            "--lightning-child",
+            workload,
+            name,
+            root,
+            str(weights),
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return float(out.split("LIGHTNING_SAMPLES_PER_S")[-1].split()[0]), torch.load(weights, weights_only=True)
 
@@ -262,8 +300,14 @@ def run_lightning(cfg, root: str) -> tuple[float, dict[str, torch.Tensor]]:
         start = time.perf_counter()
         sampler = train_sampler(data.train, shuffle=True, seed=cfg.seed)
         loader = torch.utils.data.DataLoader(data.train, batch_size=64, sampler=sampler, pin_memory=device == "gpu")
-        trainer = L.Trainer(max_epochs=epochs, accelerator=device, devices=1, precision=precision, enable_progress_bar=False,
-                            default_root_dir=str(Path(root) / f"{cfg.name}-lightning"))
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator=device,
+            devices=1,
+            precision=precision,
+            enable_progress_bar=False,
+            default_root_dir=str(Path(root) / f"{cfg.name}-lightning"),
+        )
         trainer.fit(Module(), loader)
         sync(torch.device(cfg.trainer.device if cfg.trainer.device == "cuda" else "cpu"))
         elapsed = time.perf_counter() - start
@@ -287,8 +331,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
     parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn"], choices=list(WORKLOADS))
-    parser.add_argument("--sides", nargs="+", default=["overhead"], choices=["overhead", "batched"],
-                        help="overhead: raw loop vs trainyard on the same DataLoader (and Lightning); batched: naive raw loop vs trainyard's batched loader")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        default=["overhead"],
+        choices=["overhead", "batched"],
+        help="overhead: raw loop vs trainyard on the same DataLoader (and Lightning); batched: naive raw loop vs trainyard's batched loader",
+    )
     parser.add_argument("--lightning-child", nargs=4, metavar=("WORKLOAD", "NAME", "ROOT", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.lightning_child:
@@ -304,8 +353,10 @@ def main() -> None:
     from trainyard.engine.hostmem import keep_freed_host_memory
 
     kept = keep_freed_host_memory()  # process-wide: the raw loop runs with it too
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}, "
-          f"freed host memory {'kept (both sides)' if kept else 'returned to the OS (no glibc)'}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, precision {args.precision}, "
+        f"freed host memory {'kept (both sides)' if kept else 'returned to the OS (no glibc)'}"
+    )
     overhead = "overhead" in args.sides
     lightning = overhead and lightning_available()
     if overhead:
@@ -317,6 +368,7 @@ def main() -> None:
                 batched_results[workload] = batched_side(workload, args, root)
             if not overhead:
                 continue
+
             def config(name: str, workload: str = workload):
                 return make_config(workload, root, args.device, args.precision, f"{workload}-{name}")
 
@@ -337,8 +389,10 @@ def main() -> None:
             r, o = statistics.median(raw), statistics.median(ours)
             results[workload] = o / r
             pairs = statistics.median(b / a for a, b in zip(raw, ours))  # each run against the raw run just before it
-            print(f"{workload}: raw {r:,.0f} samples/s  trainyard {o:,.0f} samples/s  ratio {o / r:.3f} (median of pairs {pairs:.3f})  "
-                  f"(raw runs {', '.join(f'{v:,.0f}' for v in raw)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})")
+            print(
+                f"{workload}: raw {r:,.0f} samples/s  trainyard {o:,.0f} samples/s  ratio {o / r:.3f} (median of pairs {pairs:.3f})  "
+                f"(raw runs {', '.join(f'{v:,.0f}' for v in raw)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})"
+            )
             if lightning:
                 t = statistics.median(theirs)
                 lightning_results[workload] = t / r
@@ -354,6 +408,7 @@ def main() -> None:
 def batched_side(workload: str, args, root: str) -> float:
     """The naive raw loop against trainyard's batched loader: one unmeasured run of each (which checks that they
     trained the same weights), then ``--repeats`` alternating pairs. Returns trainyard / naive, medians."""
+
     def config(name: str, batched: str):
         return make_config(workload, root, args.device, args.precision, f"{workload}-{name}", batched=batched)
 
@@ -366,8 +421,10 @@ def batched_side(workload: str, args, root: str) -> float:
         ours.append(run_trainyard(config(f"batched-{i}", "true"))[0])
     n, o = statistics.median(naive), statistics.median(ours)
     pairs = statistics.median(b / a for a, b in zip(naive, ours))
-    print(f"{workload}: naive raw {n:,.0f} samples/s  trainyard batched {o:,.0f} samples/s  ratio {o / n:.3f} (median of pairs {pairs:.3f})  "
-          f"(naive runs {', '.join(f'{v:,.0f}' for v in naive)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})")
+    print(
+        f"{workload}: naive raw {n:,.0f} samples/s  trainyard batched {o:,.0f} samples/s  ratio {o / n:.3f} (median of pairs {pairs:.3f})  "
+        f"(naive runs {', '.join(f'{v:,.0f}' for v in naive)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})"
+    )
     return o / n
 
 

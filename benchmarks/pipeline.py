@@ -51,7 +51,15 @@ def stage_main(rank: int, args: argparse.Namespace, port: int, out) -> None:
 
     torch.set_num_threads(args.threads)
     devices = "[" + ",".join(f"cuda:{i}" for i in range(args.stages)) + "]" if args.device == "cuda" else str(args.stages)
-    cfg = load_config(overrides=["parallel.strategy=pipeline", f"parallel.devices={devices}", f"loader.batch_size={args.batch}", "parallel.microbatches=1", "track.graph=false"])
+    cfg = load_config(
+        overrides=[
+            "parallel.strategy=pipeline",
+            f"parallel.devices={devices}",
+            f"loader.batch_size={args.batch}",
+            "parallel.microbatches=1",
+            "track.graph=false",
+        ]
+    )
     strategy = PipelineParallel(cfg)
     strategy.stage, strategy._port = rank, port
     strategy.setup()
@@ -122,7 +130,9 @@ def main() -> None:
     from trainyard.parallel.blocks import bubble_fraction
     from trainyard.parallel.launch import free_port
 
-    print(f"{args.stages} stages on {args.device} ({args.threads} threads each of {cores} cores), {args.layers} x Linear({args.width}), batch {args.batch}")
+    print(
+        f"{args.stages} stages on {args.device} ({args.threads} threads each of {cores} cores), {args.layers} x Linear({args.width}), batch {args.batch}"
+    )
     queue = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(stage_main, args=(args, free_port(), queue), nprocs=args.stages, start_method="spawn")
     per_rank = dict(queue.get() for _ in range(args.stages))
@@ -140,7 +150,9 @@ def main() -> None:
         t = results[name]
         ideal = k * m / (m + k - 1)  # K stages busy for M of the M+K-1 slots
         print(f"{'gpipe M=' + str(m):<10} {t * 1e3:9.1f} {cpu[name] * 1e3:7.1f} {naive / t:8.2f} {bubble_fraction(k, m):7.1%} {ideal:6.2f}")
-    print(f"(cpu ms: CPU time per step of the busiest process; far below step ms means other work held the cores; load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"(cpu ms: CPU time per step of the busiest process; far below step ms means other work held the cores; load average {os.getloadavg()[0]:.1f})"
+    )
     print(f"RESULT pipeline_step_ms_naive {naive * 1e3:.1f}")
     for m in args.microbatches:
         print(f"RESULT pipeline_step_ms_m{m} {results[f'gpipe_m{m}'] * 1e3:.1f}")

@@ -48,7 +48,14 @@ def trials(folder: Path) -> list[dict]:
         accuracy = [r["val/accuracy"] for r in rows if "val/accuracy" in r]
         status = json.loads((run / "status.json").read_text())["status"]
         # a pruned trial stops at the validation of the epoch it was pruned in, before that epoch is logged: it trained one more
-        out.append({"name": run.name, "status": status, "epochs": len(accuracy) + (status == "pruned"), "best": max(accuracy) if accuracy else None})
+        out.append(
+            {
+                "name": run.name,
+                "status": status,
+                "epochs": len(accuracy) + (status == "pruned"),
+                "best": max(accuracy) if accuracy else None,
+            }
+        )
     return out
 
 
@@ -60,9 +67,20 @@ def main() -> None:
     parser.add_argument("--workers-repeats", type=int, default=1, help="alternating rounds of --workers 1 and 2 (the medians are reported)")
     parser.add_argument("--workers-only", action="store_true", help="only the --workers comparison")
     args = parser.parse_args()
-    common = ["data.dataset=mnist", f"data.root={args.data}", f"data.max_samples={args.samples}", f"trainer.epochs={args.epochs}",
-              "model.name=mlp", "data.train_transforms=[]", "track.images=false", "track.graph=false", "trainer.histogram_every=0",
-              "trainer.progress=false", f"optim.lr={LRS}", f"model.width={WIDTHS}"]
+    common = [
+        "data.dataset=mnist",
+        f"data.root={args.data}",
+        f"data.max_samples={args.samples}",
+        f"trainer.epochs={args.epochs}",
+        "model.name=mlp",
+        "data.train_transforms=[]",
+        "track.images=false",
+        "track.graph=false",
+        "trainer.histogram_every=0",
+        "trainer.progress=false",
+        f"optim.lr={LRS}",
+        f"model.width={WIDTHS}",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if not args.workers_only:
@@ -78,7 +96,10 @@ def main() -> None:
         for i in range(args.workers_repeats):
             ones.append(sweep(root, f"w1-{i}", small, "--workers", "1"))
             twos.append(sweep(root, f"w2-{i}", small, "--workers", "2"))
-            print(f"4 trials, round {i}: --workers 1 {ones[-1]:.1f}s, --workers 2 {twos[-1]:.1f}s (cores here: {len(os.sched_getaffinity(0))})", flush=True)
+            print(
+                f"4 trials, round {i}: --workers 1 {ones[-1]:.1f}s, --workers 2 {twos[-1]:.1f}s (cores here: {len(os.sched_getaffinity(0))})",
+                flush=True,
+            )
         wall_one, wall_two = statistics.median(ones), statistics.median(twos)
 
     if not args.workers_only:

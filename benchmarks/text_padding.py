@@ -31,7 +31,11 @@ from trainyard.data.bucketing import LengthBucketBatchSampler  # noqa: E402
 from trainyard.data.loading import train_sampler  # noqa: E402
 
 DEFAULT_DATA = next(
-    (p for p in (ROOT.parent / "shared/data/sms_spam/SMSSpamCollection", ROOT.parent.parent / "shared/data/sms_spam/SMSSpamCollection") if p.is_file()),
+    (
+        p
+        for p in (ROOT.parent / "shared/data/sms_spam/SMSSpamCollection", ROOT.parent.parent / "shared/data/sms_spam/SMSSpamCollection")
+        if p.is_file()
+    ),
     ROOT.parent / "shared/data/sms_spam/SMSSpamCollection",
 )
 
@@ -69,10 +73,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds for tokens/s")
     args = ap.parse_args()
 
-    cfg = load_config(None, ["data.dataset=text", f"data.path={args.data}", "data.columns=[label,text]", f"loader.batch_size={args.batch_size}"])
+    cfg = load_config(
+        None, ["data.dataset=text", f"data.path={args.data}", "data.columns=[label,text]", f"loader.batch_size={args.batch_size}"]
+    )
     data = build_data(cfg)
     train, lengths, bs = data.train, data.train.lengths, args.batch_size
-    print(f"{len(train)} training texts, {sum(lengths)} tokens, length min {min(lengths)} / median {sorted(lengths)[len(lengths) // 2]} / max {max(lengths)}")
+    print(
+        f"{len(train)} training texts, {sum(lengths)} tokens, length min {min(lengths)} / median {sorted(lengths)[len(lengths) // 2]} / max {max(lengths)}"
+    )
 
     def random_batches() -> BatchSampler:
         return BatchSampler(train_sampler(train, shuffle=True, seed=0), bs, drop_last=False)

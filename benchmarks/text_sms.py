@@ -32,7 +32,11 @@ from trainyard.engine.run import train  # noqa: E402
 from trainyard.models import build_model  # noqa: E402
 
 DEFAULT_DATA = next(
-    (p for p in (ROOT.parent / "shared/data/sms_spam/SMSSpamCollection", ROOT.parent.parent / "shared/data/sms_spam/SMSSpamCollection") if p.is_file()),
+    (
+        p
+        for p in (ROOT.parent / "shared/data/sms_spam/SMSSpamCollection", ROOT.parent.parent / "shared/data/sms_spam/SMSSpamCollection")
+        if p.is_file()
+    ),
     ROOT.parent / "shared/data/sms_spam/SMSSpamCollection",
 )
 

@@ -132,12 +132,43 @@ def main() -> None:
     plain, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):  # alternating, whole processes
-            plain.append(timed([sys.executable, __file__, "--plain-child", "--root", args.root, "--max-epochs", str(args.max_epochs),
-                                "--target", str(args.target)], env))
-            ours.append(timed([sys.executable, "-m", "trainyard", "train", str(recipe), f"data.root={args.root}", f"track.root={tmp}",
-                               f"name=tta-{i}", f"callbacks=[{{time_to_accuracy:TestEachEpoch: {{target: {args.target}}}}}]"], env))
-            print(f"run {i}: plain {plain[-1][0]:.1f} s ({plain[-1][2]} epochs, acc {plain[-1][1]:.4f}) | "
-                  f"trainyard {ours[-1][0]:.1f} s ({ours[-1][2]} epochs, acc {ours[-1][1]:.4f})", flush=True)
+            plain.append(
+                timed(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--plain-child",
+                        "--root",
+                        args.root,
+                        "--max-epochs",
+                        str(args.max_epochs),
+                        "--target",
+                        str(args.target),
+                    ],
+                    env,
+                )
+            )
+            ours.append(
+                timed(
+                    [
+                        sys.executable,
+                        "-m",
+                        "trainyard",
+                        "train",
+                        str(recipe),
+                        f"data.root={args.root}",
+                        f"track.root={tmp}",
+                        f"name=tta-{i}",
+                        f"callbacks=[{{time_to_accuracy:TestEachEpoch: {{target: {args.target}}}}}]",
+                    ],
+                    env,
+                )
+            )
+            print(
+                f"run {i}: plain {plain[-1][0]:.1f} s ({plain[-1][2]} epochs, acc {plain[-1][1]:.4f}) | "
+                f"trainyard {ours[-1][0]:.1f} s ({ours[-1][2]} epochs, acc {ours[-1][1]:.4f})",
+                flush=True,
+            )
     s_ours, s_plain = statistics.median(s for s, _, _ in ours), statistics.median(s for s, _, _ in plain)
     print(f"RESULT mnist_99_seconds_trainyard {s_ours:.1f}")
     print(f"RESULT mnist_99_seconds_plain {s_plain:.1f}")

@@ -59,14 +59,25 @@ def main() -> None:
     paths = [train.base.paths[train.indices[i]] for i in indices]
     mean, std = list(data.info.mean), list(data.info.std)
 
-    by_hand = v2.Compose([
-        v2.Resize(40), v2.RandomRotation(15), v2.RandomCrop(32),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-    ])
-    pil_pipeline = v2.Compose([
-        v2.Resize(40), v2.RandomRotation(15), v2.RandomCrop(32),
-        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-    ])
+    by_hand = v2.Compose(
+        [
+            v2.Resize(40),
+            v2.RandomRotation(15),
+            v2.RandomCrop(32),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+    pil_pipeline = v2.Compose(
+        [
+            v2.Resize(40),
+            v2.RandomRotation(15),
+            v2.RandomCrop(32),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
 
     def run_trainyard() -> None:
         for i in indices:
@@ -94,7 +105,9 @@ def main() -> None:
 
     median = {name: statistics.median(v) for name, v in rates.items()}
     for name, value in median.items():
-        print(f"{name:>15}: {value:8.0f} samples/s (median of {args.rounds} rounds of {len(indices)} samples; min {min(rates[name]):.0f}, max {max(rates[name]):.0f})")
+        print(
+            f"{name:>15}: {value:8.0f} samples/s (median of {args.rounds} rounds of {len(indices)} samples; min {min(rates[name]):.0f}, max {max(rates[name]):.0f})"
+        )
     print(f"RESULT pipeline_ratio {median['trainyard'] / median['by_hand_tensor']:.3f}")
     print(f"RESULT tensor_vs_pil {median['by_hand_tensor'] / median['by_hand_pil']:.3f}")
     print(f"RESULT trainyard_samples_per_s {median['trainyard']:.0f}")

@@ -55,8 +55,15 @@ def config(root: Path, extra: list[str] = ()):
     # image_folder is the built-in; __main__:cifar_png (this script's own reader) stays for trainyards without it
     dataset = "image_folder" if "image_folder" in DATASETS else "__main__:cifar_png"
     overrides = [
-        f"data.dataset={dataset}", f"data.root={root}", f"data.train_transforms={json.dumps(AUGMENT)}", "data.val_fraction=0",
-        "model.name=cnn", "model.width=16", "loader.batch_size=128", "trainer.device=cpu", "loader.persistent_workers=true",
+        f"data.dataset={dataset}",
+        f"data.root={root}",
+        f"data.train_transforms={json.dumps(AUGMENT)}",
+        "data.val_fraction=0",
+        "model.name=cnn",
+        "model.width=16",
+        "loader.batch_size=128",
+        "trainer.device=cpu",
+        "loader.persistent_workers=true",
     ]
     return load_config(None, overrides + list(extra))
 
@@ -88,7 +95,10 @@ def independent_measurement(cfg, rounds: int, seconds: float) -> dict[int, dict[
             waits[n].append(w)
             batches[n].append(b)
             print(f"  round {r + 1} num_workers={n}: {s:.2f} train steps/s ({w:.0%} waiting), loader alone {b:.2f} batches/s", flush=True)
-    return {n: {"steps": statistics.median(steps[n]), "batches": statistics.median(batches[n]), "wait": statistics.median(waits[n])} for n in values}
+    return {
+        n: {"steps": statistics.median(steps[n]), "batches": statistics.median(batches[n]), "wait": statistics.median(waits[n])}
+        for n in values
+    }
 
 
 def data_wait_of_a_run(cfg, num_workers: int, steps: int, runs_root: Path) -> tuple[float, float]:
@@ -96,9 +106,20 @@ def data_wait_of_a_run(cfg, num_workers: int, steps: int, runs_root: Path) -> tu
     from trainyard.engine.run import train
 
     name = f"nw{num_workers}-{time.time_ns()}"
-    run_cfg = config(Path(cfg.data.root), [f"loader.num_workers={num_workers}", f"trainer.max_steps={steps}", "trainer.epochs=1",
-                                           f"track.root={runs_root}", f"name={name}", "track.backends=[]", "trainer.progress=false",
-                                           f"trainer.log_every={steps}", "data.test_fraction=0"])
+    run_cfg = config(
+        Path(cfg.data.root),
+        [
+            f"loader.num_workers={num_workers}",
+            f"trainer.max_steps={steps}",
+            "trainer.epochs=1",
+            f"track.root={runs_root}",
+            f"name={name}",
+            "track.backends=[]",
+            "trainer.progress=false",
+            f"trainer.log_every={steps}",
+            "data.test_fraction=0",
+        ],
+    )
     train(run_cfg)
     rows = [json.loads(line) for line in (runs_root / name / "metrics.jsonl").read_text().splitlines()]
     epoch = next(r for r in rows if "time/epoch_s" in r)
@@ -115,8 +136,11 @@ def main() -> None:
     p.add_argument("--run-steps", type=int, default=40)
     args = p.parse_args()
     cfg = config(Path(args.root))
-    print(f"CIFAR-10 PNG {args.root}, {cfg.data.dataset}, augmentation {AUGMENT}, batch {cfg.loader.batch_size}, "
-          f"cnn width {cfg.model.width} on cpu, {cpu_count()} CPUs, torch threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"CIFAR-10 PNG {args.root}, {cfg.data.dataset}, augmentation {AUGMENT}, batch {cfg.loader.batch_size}, "
+        f"cnn width {cfg.model.width} on cpu, {cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     print("independent measurement (median of alternating rounds):", flush=True)
     table = independent_measurement(cfg, args.rounds, args.seconds)
@@ -124,7 +148,9 @@ def main() -> None:
 
     print(f"tuner (trainyard tune-workers, --max-seconds {args.tune_seconds:.0f}):", flush=True)
     start = time.perf_counter()
-    tuning = measure_workers(cfg, args.tune_seconds, report=lambda m: print(f"  tuner num_workers={m.num_workers}: {m.steps_per_s:.2f} steps/s", flush=True))
+    tuning = measure_workers(
+        cfg, args.tune_seconds, report=lambda m: print(f"  tuner num_workers={m.num_workers}: {m.steps_per_s:.2f} steps/s", flush=True)
+    )
     tune_s = time.perf_counter() - start
     pick = tuning.best.num_workers
 

@@ -10,10 +10,18 @@ resume, Ctrl-C safety, early stopping, mixed precision and DDP/pipeline by confi
 from trainyard.config import load_config
 from trainyard.engine.run import train
 
-cfg = load_config(None, [
-    "data.dataset=digits", "model.name=cnn", "loader.batch_size=64",
-    "optim.name=adamw", "optim.lr=3e-3", "optim.weight_decay=1e-4",
-    "schedule.name=cosine", "trainer.epochs=30",
-])
+cfg = load_config(
+    None,
+    [
+        "data.dataset=digits",
+        "model.name=cnn",
+        "loader.batch_size=64",
+        "optim.name=adamw",
+        "optim.lr=3e-3",
+        "optim.weight_decay=1e-4",
+        "schedule.name=cosine",
+        "trainer.epochs=30",
+    ],
+)
 final = train(cfg)
 print(f"test accuracy {final['test/accuracy']:.4f}")

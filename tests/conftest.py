@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 # ../shared/data from the project root; from a worktree nested deeper, the nearest ancestor's shared/data.
-SHARED_DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data").resolve()
+SHARED_DATA = next(
+    (p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data"
+).resolve()
 
 os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -59,7 +61,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
 
     return subprocess.run(
         [sys.executable, "-m", "trainyard", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -73,7 +79,9 @@ def interrupt_run(args: list[str], run_dir: Path, *, env: dict | None = None, li
     import time
 
     command = [sys.executable, "-m", "trainyard", "train", *args]
-    job = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job = subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + wait
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= lines):

@@ -24,9 +24,13 @@ class TinyCNN(nn.Module):
     def __init__(self, in_channels: int, num_labels: int, width: int = 16):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8 -> 4
-            nn.Flatten(), nn.Linear(width * 4 * 4, num_labels),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 8 -> 4
+            nn.Flatten(),
+            nn.Linear(width * 4 * 4, num_labels),
         )
 
     def forward(self, x):

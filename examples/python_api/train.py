@@ -1,7 +1,7 @@
 """trainyard from Python: a model and data of your own, trainyard.fit(), then trainyard.load() and a prediction.
 
-    python train.py                                   # runs/<timestamp>/ in this folder
-    python train.py trainer.epochs=5 track.root=/tmp/runs   # any config override, as on the command line
+python train.py                                   # runs/<timestamp>/ in this folder
+python train.py trainer.epochs=5 track.root=/tmp/runs   # any config override, as on the command line
 """
 
 import sys
@@ -40,9 +40,12 @@ class Classifier(nn.Module):
 # --- train: the same run a config gives (run folder, TensorBoard, checkpoints, resume) -----------
 if __name__ == "__main__":
     result = trainyard.fit(
-        Classifier(), train, test=test,
-        task="binary",                      # BCEWithLogitsLoss; accuracy and f1; monitor val/accuracy
-        optimizer="AdamW", scheduler="OneCycleLR",  # torch names; lr and weight_decay from optim.*
+        Classifier(),
+        train,
+        test=test,
+        task="binary",  # BCEWithLogitsLoss; accuracy and f1; monitor val/accuracy
+        optimizer="AdamW",
+        scheduler="OneCycleLR",  # torch names; lr and weight_decay from optim.*
         config=["optim.lr=0.01", "trainer.epochs=15", "loader.batch_size=32", *sys.argv[1:]],  # or a dict {"optim.lr": 0.01}
     )
     print({k: round(v, 4) for k, v in result.metrics.items() if k.startswith("test/")})

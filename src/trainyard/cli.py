@@ -16,19 +16,26 @@ from trainyard.errors import TrainyardError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", metavar="[RUN.yaml] key.sub=value", help="an optional YAML file, then overrides such as optim.lr=0.01")
+    p.add_argument(
+        "overrides", nargs="*", metavar="[RUN.yaml] key.sub=value", help="an optional YAML file, then overrides such as optim.lr=0.01"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainyard", description="Train PyTorch models from one config, tracked, on one CPU or many GPUs.")
+    parser = argparse.ArgumentParser(
+        prog="trainyard", description="Train PyTorch models from one config, tracked, on one CPU or many GPUs."
+    )
     from trainyard import __version__
 
     parser.add_argument("--version", action="version", version=f"trainyard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="train a run (no arguments: the default job on bundled digits)",
-                       epilog="every config key, its type, default, allowed values and help: `trainyard config --explain [SECTION]` "
-                              "(e.g. --explain optim), or the table in docs/config.md")
+    p = sub.add_parser(
+        "train",
+        help="train a run (no arguments: the default job on bundled digits)",
+        epilog="every config key, its type, default, allowed values and help: `trainyard config --explain [SECTION]` "
+        "(e.g. --explain optim), or the table in docs/config.md",
+    )
     _config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.pt")
     p.add_argument("--doctor", action="store_true", help="run `trainyard doctor` first and stop on a FAIL")
@@ -36,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved config as YAML, or every key's help (--explain)")
     _config_args(p)
-    p.add_argument("--explain", nargs="?", const="", default=None, metavar="SECTION",
-                   help="every key (or those of one section or key, e.g. optim or trainer.precision): type, default, allowed values, help")
+    p.add_argument(
+        "--explain",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SECTION",
+        help="every key (or those of one section or key, e.g. optim or trainer.precision): type, default, allowed values, help",
+    )
     p.add_argument("--markdown", action="store_true", help="every key as a Markdown table (what docs/config.md holds)")
     p.set_defaults(handler="trainyard.commands:config")
 
@@ -59,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="pre-flight checks on the real config, data and model")
     _config_args(p)
-    p.add_argument("--only", action="append", metavar="CHECK[,CHECK]", help="run only these checks (labels, forward, inputs, overfit, ..., lr)")
+    p.add_argument(
+        "--only", action="append", metavar="CHECK[,CHECK]", help="run only these checks (labels, forward, inputs, overfit, ..., lr)"
+    )
     p.add_argument("--skip", action="append", metavar="CHECK[,CHECK]", help="skip these checks")
     p.set_defaults(handler="trainyard.commands.doctor:main")
 
@@ -71,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="overlaid learning curves of several runs as a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--metric", default=None, help="the metric to overlay (default: the runs' trainer.monitor, e.g. val/accuracy or val/loss)")
+    p.add_argument(
+        "--metric", default=None, help="the metric to overlay (default: the runs' trainer.monitor, e.g. val/accuracy or val/loss)"
+    )
     p.add_argument("--out", default="curves.png")
     p.set_defaults(handler="trainyard.commands.tracking:compare")
 
@@ -93,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random trials and of TPE")
     p.add_argument("--prune", default=None, choices=("median", "hyperband"), help="stop trials whose validation metric falls behind")
     p.add_argument("--workers", type=int, default=1, metavar="K", help="K trials at once, as processes on this machine")
-    p.add_argument("--storage", default=None, metavar="URL", help="the study on a database server (postgresql://...) for several machines; default: embedded in the sweep folder")
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="the study on a database server (postgresql://...) for several machines; default: embedded in the sweep folder",
+    )
     p.add_argument("--name", default=None, help="sweep name (its folder under track.root; the study's name)")
     p.add_argument("--resume", metavar="SWEEP_DIR", default=None, help="continue an interrupted sweep (the same command does it too)")
     p.set_defaults(handler="trainyard.commands.tracking:sweep")

@@ -38,18 +38,25 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = No
 class DataConfig:
     """Where the samples come from and how they are split and transformed."""
 
-    dataset: str = opt("digits", "digits (bundled with scikit-learn), mnist, fashion_mnist, cifar10, cifar100, image_folder, text, "
-                       "or package.module:function returning a Dataset (split by val/test_fraction) or a dict of splits")
+    dataset: str = opt(
+        "digits",
+        "digits (bundled with scikit-learn), mnist, fashion_mnist, cifar10, cifar100, image_folder, text, "
+        "or package.module:function returning a Dataset (split by val/test_fraction) or a dict of splits",
+    )
     args: dict = opt(factory=dict, help="keyword arguments of an imported data.dataset function")
     root: str = opt("data", "folder holding (or receiving) the dataset files")
     download: Union[bool, Literal["auto"]] = opt("auto", "auto: download when missing; true: always try; false: never")
     val_fraction: float = opt(0.1, "share of the training split held out for validation when the dataset has none", min=0.0, lt=1.0)
     test_fraction: float = opt(0.2, "share held out for testing when the dataset has no test split", min=0.0, lt=1.0)
     split_seed: int = opt(0, "seed of the train/val/test split, kept apart from `seed` so runs compare on the same samples", min=0)
-    train_transforms: Union[list, None] = opt(None, "list of {Name: {arg: value}} torchvision.transforms.v2 entries; null: the dataset's default")
+    train_transforms: Union[list, None] = opt(
+        None, "list of {Name: {arg: value}} torchvision.transforms.v2 entries; null: the dataset's default"
+    )
     eval_transforms: Union[list, None] = opt(None, "as train_transforms, for validation and test; null: the dataset's default")
     skip_bad_files: bool = opt(False, "skip unreadable images (and count them) instead of stopping")
-    max_samples: Union[int, None] = opt(None, "cap each split at about this many samples (stratified, seeded by split_seed); for quick runs", min=1)
+    max_samples: Union[int, None] = opt(
+        None, "cap each split at about this many samples (stratified, seeded by split_seed); for quick runs", min=1
+    )
     # text
     path: Union[str, None] = opt(None, "text dataset: a CSV, TSV or JSONL file")
     val_path: Union[str, None] = opt(None, "text dataset: a separate validation file")
@@ -68,11 +75,19 @@ class DataConfig:
 class ModelConfig:
     """The network. Built-ins: cnn, mlp; any torchvision.models name; text models."""
 
-    name: str = opt("cnn", "cnn, mlp, a torchvision.models name (resnet18, ...), embedding_bag, gru, lstm, transformer, "
-                    "or package.module:Class (any nn.Module class or function returning one)")
-    args: dict = opt(factory=dict, help="keyword arguments of an imported model.name; the data's facts (num_classes, in_channels, ...) are added where its signature names them")
+    name: str = opt(
+        "cnn",
+        "cnn, mlp, a torchvision.models name (resnet18, ...), embedding_bag, gru, lstm, transformer, "
+        "or package.module:Class (any nn.Module class or function returning one)",
+    )
+    args: dict = opt(
+        factory=dict,
+        help="keyword arguments of an imported model.name; the data's facts (num_classes, in_channels, ...) are added where its signature names them",
+    )
     pretrained: bool = opt(False, "torchvision models: load locally cached pretrained weights")
-    small_stem: Union[bool, Literal["auto"]] = opt("auto", "torchvision ResNets from scratch: 3x3 stride-1 stem, no max-pooling (auto: images <= 64 pixels; 16x the compute at 32x32)")
+    small_stem: Union[bool, Literal["auto"]] = opt(
+        "auto", "torchvision ResNets from scratch: 3x3 stride-1 stem, no max-pooling (auto: images <= 64 pixels; 16x the compute at 32x32)"
+    )
     width: int = opt(32, "cnn: channels of the first block (doubling per block); mlp: hidden units", min=1)
     depth: int = opt(2, "cnn: conv blocks; mlp: hidden layers; rnn/transformer: layers", min=1)
     dropout: float = opt(0.0, "dropout probability before the classifier", min=0.0, lt=1.0)
@@ -96,11 +111,16 @@ class LoaderConfig:
     prefetch_factor: Union[int, None] = opt(None, "batches loaded in advance by each worker (needs num_workers > 0)", min=1)
     collate: str = opt("default", "default, pad (variable-length samples), or package.module:function")
     bucket_by_length: bool = opt(False, "text: batch samples of similar length together")
-    bucket_pool: int = opt(100, "bucket_by_length: batches' worth of samples sorted by length together (larger: less padding, less mixing)", min=1)
-    batched: Union[bool, Literal["auto"]] = opt("auto", "splits held as tensors (digits, MNIST, CIFAR, a TensorDataset): each batch cut by index in one "
-                                                "operation and augmented per sample on the whole batch, on the training device; auto: wherever the split, "
-                                                "its transforms, the collate and num_workers=0 allow it, else the DataLoader; true: also with workers set, "
-                                                "and says why when it falls back")
+    bucket_pool: int = opt(
+        100, "bucket_by_length: batches' worth of samples sorted by length together (larger: less padding, less mixing)", min=1
+    )
+    batched: Union[bool, Literal["auto"]] = opt(
+        "auto",
+        "splits held as tensors (digits, MNIST, CIFAR, a TensorDataset): each batch cut by index in one "
+        "operation and augmented per sample on the whole batch, on the training device; auto: wherever the split, "
+        "its transforms, the collate and num_workers=0 allow it, else the DataLoader; true: also with workers set, "
+        "and says why when it falls back",
+    )
 
 
 @dataclass
@@ -120,9 +140,18 @@ class OptimConfig:
 class ScheduleConfig:
     """The learning-rate schedule, stepped once per optimizer step."""
 
-    name: str = opt("cosine", "constant, step, cosine, onecycle, any torch.optim.lr_scheduler class by its name (OneCycleLR, ReduceLROnPlateau, ...), or package.module:Class")
-    args: dict = opt(factory=dict, help="keyword arguments of a torch.optim.lr_scheduler class (total_steps, T_max, max_lr are filled in where left out)")
-    interval: str = opt("step", "a scheduler class steps every optimizer step or every epoch (ReduceLROnPlateau: every epoch, on trainer.monitor)", choices=["step", "epoch"])
+    name: str = opt(
+        "cosine",
+        "constant, step, cosine, onecycle, any torch.optim.lr_scheduler class by its name (OneCycleLR, ReduceLROnPlateau, ...), or package.module:Class",
+    )
+    args: dict = opt(
+        factory=dict, help="keyword arguments of a torch.optim.lr_scheduler class (total_steps, T_max, max_lr are filled in where left out)"
+    )
+    interval: str = opt(
+        "step",
+        "a scheduler class steps every optimizer step or every epoch (ReduceLROnPlateau: every epoch, on trainer.monitor)",
+        choices=["step", "epoch"],
+    )
     warmup_steps: int = opt(0, "linear warmup from 0 over this many optimizer steps (any schedule)", min=0)
     step_epochs: int = opt(10, "step: epochs between decays", min=1)
     gamma: float = opt(0.1, "step: decay factor", gt=0.0, max=1.0)
@@ -141,14 +170,24 @@ class TrainerConfig:
     clip_grad_norm: Union[float, None] = opt(None, "clip the gradient norm to this value (null: off)", gt=0.0)
     log_every: int = opt(50, "optimizer steps between logged training scalars (the only per-step host syncs)", min=1)
     histogram_every: int = opt(1, "epochs between weight/gradient histograms (0: off)", min=0)
-    monitor: str = opt("auto", "metric that picks best.pt and drives early stopping; auto: the task's (val/accuracy for classification, val/loss for regression)")
+    monitor: str = opt(
+        "auto",
+        "metric that picks best.pt and drives early stopping; auto: the task's (val/accuracy for classification, val/loss for regression)",
+    )
     monitor_mode: str = opt("auto", "auto (min for losses, else max), min or max", choices=["auto", "min", "max"])
     patience: int = opt(0, "early stopping: epochs without improvement before stopping (0: off)", min=0)
     deterministic: bool = opt(False, "use deterministic algorithms only (slower, bitwise repeatable on GPU)")
     progress: Union[bool, Literal["auto"]] = opt("auto", "progress bar; auto: only when output is a terminal")
-    progress_every_s: float = opt(30.0, "without a terminal on stdout (nohup, CI, a pipe): seconds between plain progress lines "
-                                  "(step, epoch fraction, samples/s, ETA, the last logged loss; no extra host sync); 0: off", min=0.0)
-    keep_host_memory: bool = opt(True, "keep freed host memory for reuse instead of returning it to the OS (glibc malloc): steps stop faulting their pages in again; the process keeps its peak")
+    progress_every_s: float = opt(
+        30.0,
+        "without a terminal on stdout (nohup, CI, a pipe): seconds between plain progress lines "
+        "(step, epoch fraction, samples/s, ETA, the last logged loss; no extra host sync); 0: off",
+        min=0.0,
+    )
+    keep_host_memory: bool = opt(
+        True,
+        "keep freed host memory for reuse instead of returning it to the OS (glibc malloc): steps stop faulting their pages in again; the process keeps its peak",
+    )
     on_nonfinite: str = opt(
         "stop",
         "a non-finite (nan/inf) loss or weights: stop (status diverged, at the next log step or epoch end, no extra sync; best.pt kept, test skipped), "
@@ -192,9 +231,15 @@ class ParallelConfig:
     microbatches: int = opt(4, "pipeline: micro-batches per batch", min=1)
     schedule: str = opt("gpipe", "pipeline schedule", choices=["gpipe", "1f1b"])
     split: Union[list, Literal["auto"]] = opt("auto", "model/pipeline: auto (balance parameters) or block indices where stages start")
-    shard: Union[list, Literal["auto"]] = opt("auto", "fsdp: modules sharded on their own before the root: auto (the model's blocks: pipeline_blocks(), "
-                                              "an nn.Sequential's children, ResNet stages, a ModuleList of layers) or a list of module class names")
-    reshard_after_forward: bool = opt(True, "fsdp: free a block's gathered weights after its forward and gather them again for backward (less memory, one more all-gather)")
+    shard: Union[list, Literal["auto"]] = opt(
+        "auto",
+        "fsdp: modules sharded on their own before the root: auto (the model's blocks: pipeline_blocks(), "
+        "an nn.Sequential's children, ResNet stages, a ModuleList of layers) or a list of module class names",
+    )
+    reshard_after_forward: bool = opt(
+        True,
+        "fsdp: free a block's gathered weights after its forward and gather them again for backward (less memory, one more all-gather)",
+    )
 
 
 @dataclass
@@ -202,7 +247,9 @@ class TaskConfig:
     """What the run learns: the loss, the metrics and the monitor come from the task unless given."""
 
     name: str = opt("classification", "classification, binary, multilabel, regression, or package.module:Task")
-    loss: Union[str, None] = opt(None, "a torch.nn loss by name (MSELoss, SmoothL1Loss, BCEWithLogitsLoss, ...) or an import path; null: the task's")
+    loss: Union[str, None] = opt(
+        None, "a torch.nn loss by name (MSELoss, SmoothL1Loss, BCEWithLogitsLoss, ...) or an import path; null: the task's"
+    )
     loss_args: dict = opt(factory=dict, help="keyword arguments of task.loss")
     metrics: Union[list, None] = opt(None, "torchmetrics names, or {Name: {arg: value}} (F1Score: {average: macro}); null: the task's")
 
@@ -222,7 +269,10 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "trainer"})
     track: TrackConfig = field(default_factory=TrackConfig, metadata={"help": "tracking"})
     parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata={"help": "parallel"})
-    callbacks: list = opt(factory=list, help="import paths (package.module:Class, or {path: {arg: value}}) of objects with hooks such as on_epoch_end(trainer, metrics)")
+    callbacks: list = opt(
+        factory=list,
+        help="import paths (package.module:Class, or {path: {arg: value}}) of objects with hooks such as on_epoch_end(trainer, metrics)",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -487,7 +537,9 @@ def allowed_text(meta: typing.Mapping) -> str:
     """``auto, min, max`` for choices; ``>= 0, < 1`` for limits."""
     if meta.get("choices") is not None:
         return ", ".join(map(str, meta["choices"]))
-    return ", ".join(f"{words} {meta[limit]:g}" for limit, words in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if limit in meta)
+    return ", ".join(
+        f"{words} {meta[limit]:g}" for limit, words in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if limit in meta
+    )
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -522,7 +574,9 @@ def _select(section: str | None) -> list[KeyHelp]:
     chosen = [e for e in entries if e.key == section or e.key.startswith(section + ".")]
     if not chosen:
         sections = [e.key for e in entries if e.section]
-        raise ConfigError(f"--explain {section}: no such section or key; sections: {', '.join(sections)}{suggest(section, [e.key for e in entries])}")
+        raise ConfigError(
+            f"--explain {section}: no such section or key; sections: {', '.join(sections)}{suggest(section, [e.key for e in entries])}"
+        )
     return chosen
 
 

@@ -55,7 +55,11 @@ def import_object(spec: str, key: str) -> Any:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the user's module raised while importing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        where = "" if not isinstance(exc, ModuleNotFoundError) else f"; modules are found from the working directory ({os.getcwd()}) and PYTHONPATH"
+        where = (
+            ""
+            if not isinstance(exc, ModuleNotFoundError)
+            else f"; modules are found from the working directory ({os.getcwd()}) and PYTHONPATH"
+        )
         raise ConfigError(f"{key}={spec}: cannot import {module_name} ({type(exc).__name__}: {first}){where}") from None
     obj: Any = module
     for part in attr.split("."):
@@ -89,7 +93,9 @@ class Registry(MutableMapping):
     A mapping of name -> ``"module:object"`` (or the object), so a test or a plugin can add an entry
     (``REGISTRY["mine"] = "pkg.mod:obj"``) the way it would to a dict."""
 
-    def __init__(self, family: str, key: str, *, fallback: Callable[[str], Any] | None = None, fallback_names: Callable[[], list[str]] | None = None):
+    def __init__(
+        self, family: str, key: str, *, fallback: Callable[[str], Any] | None = None, fallback_names: Callable[[], list[str]] | None = None
+    ):
         self.family = family
         self.key = key
         self._entries: dict[str, Entry] = {}
@@ -147,7 +153,9 @@ class Registry(MutableMapping):
                 return found
         listed = ", ".join(self.names())
         more = f", {self.fallback_help}" if self._fallback_names else ""
-        raise ConfigError(f"{key}={spec}: unknown {self.family}; built-ins: {listed}{more}, or an import path package.module:name{hint(spec, self.known())}")
+        raise ConfigError(
+            f"{key}={spec}: unknown {self.family}; built-ins: {listed}{more}, or an import path package.module:name{hint(spec, self.known())}"
+        )
 
     fallback_help = "or a name from torch"
 
@@ -174,13 +182,15 @@ def call_with(factory: Callable, key: str, args: dict | None = None, facts: dict
     except (TypeError, ValueError):
         params = None
     if params is not None:
-        params = params[len(positional):]
+        params = params[len(positional) :]
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         named = {p.name for p in params if p.kind in by_name}
         unknown = [a for a in args if a not in named and not takes_any]
         if unknown:
-            raise ConfigError(f"{key}: {signature_text(factory)} takes no argument {', '.join(map(repr, unknown))}{hint(unknown[0], named)}")
+            raise ConfigError(
+                f"{key}: {signature_text(factory)} takes no argument {', '.join(map(repr, unknown))}{hint(unknown[0], named)}"
+            )
         bound = set(factory.keywords) if isinstance(factory, functools.partial) else set()  # what a partial already says wins
         for name, value in (facts or {}).items():
             if name in named and name not in args and name not in bound and value is not None:
@@ -188,7 +198,9 @@ def call_with(factory: Callable, key: str, args: dict | None = None, facts: dict
         missing = [p.name for p in params if p.kind in by_name and p.default is inspect.Parameter.empty and p.name not in args]
         if missing:
             given = ", ".join(k for k, v in (facts or {}).items() if v is not None) or "nothing"
-            raise ConfigError(f"{key}: {signature_text(factory)} needs {', '.join(map(repr, missing))}: set it in the args (the data gives {given})")
+            raise ConfigError(
+                f"{key}: {signature_text(factory)} needs {', '.join(map(repr, missing))}: set it in the args (the data gives {given})"
+            )
     try:
         return factory(*positional, **args)
     except TypeError as exc:

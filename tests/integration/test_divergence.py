@@ -10,17 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from conftest import run_cli
 from trainyard.config import load_config
 from trainyard.engine.checkpoint import load_checkpoint
 from trainyard.engine.run import UserParts, train
 from trainyard.errors import Diverged
 
-BASE = ["trainer.epochs=2", "trainer.log_every=5", "model.width=8", "trainer.progress=false", "data.train_transforms=[]",
-        "track.images=false", "track.graph=false", "trainer.histogram_every=0"]
+BASE = [
+    "trainer.epochs=2",
+    "trainer.log_every=5",
+    "model.width=8",
+    "trainer.progress=false",
+    "data.train_transforms=[]",
+    "track.images=false",
+    "track.graph=false",
+    "trainer.histogram_every=0",
+]
 LOG_EVERY = 5
 
 
@@ -140,7 +148,9 @@ def test_nan_validation_loss_stops(tmp_path):
     val_x = x[1500:].clone()
     val_x[7, 3] = float("nan")  # one bad value in one sample: its batch's loss is nan, and so the validation loss
     with pytest.raises(Diverged, match=r"diverged: the validation loss is nan at step \d+ \(epoch 1\).*no checkpoint saved"):
-        trainyard.fit(mlp(), TensorDataset(x[:1500], y[:1500]), TensorDataset(val_x, y[1500:]), config=[f"track.root={tmp_path}", *BASE], name="val")
+        trainyard.fit(
+            mlp(), TensorDataset(x[:1500], y[:1500]), TensorDataset(val_x, y[1500:]), config=[f"track.root={tmp_path}", *BASE], name="val"
+        )
     assert status(tmp_path / "val")["status"] == "diverged"
     assert not (tmp_path / "val" / "checkpoints" / "best.pt").exists()
 
@@ -152,8 +162,14 @@ def test_skip_step_trains_through_a_poisoned_batch(tmp_path):
     x = x.clone()
     x[100] = float("nan")  # one bad sample: its batch's loss is nan, once an epoch
     seen = FirstNonFinite()
-    result = trainyard.fit(mlp(), TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500:], y[1500:]), callbacks=[seen],
-                           config=[f"track.root={tmp_path}", *BASE, "trainer.on_nonfinite=skip_step"], name="skip")
+    result = trainyard.fit(
+        mlp(),
+        TensorDataset(x[:1500], y[:1500]),
+        TensorDataset(x[1500:], y[1500:]),
+        callbacks=[seen],
+        config=[f"track.root={tmp_path}", *BASE, "trainer.on_nonfinite=skip_step"],
+        name="skip",
+    )
     run = tmp_path / "skip"
     assert seen.first is not None  # the poisoned batch was met
     assert status(run)["status"] == "finished"
@@ -174,7 +190,13 @@ def test_stop_on_the_same_poisoned_batch(tmp_path):
     x = x.clone()
     x[100] = float("nan")
     with pytest.raises(Diverged, match="nan/inf input values"):
-        trainyard.fit(mlp(), TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500:], y[1500:]), config=[f"track.root={tmp_path}", *BASE], name="stop")
+        trainyard.fit(
+            mlp(),
+            TensorDataset(x[:1500], y[:1500]),
+            TensorDataset(x[1500:], y[1500:]),
+            config=[f"track.root={tmp_path}", *BASE],
+            name="stop",
+        )
 
 
 def test_ignore_trains_on_as_before(tmp_path):
@@ -210,8 +232,13 @@ def test_skip_step_also_undoes_the_batch_norm_statistics_of_the_skipped_step(tmp
     x = x.clone()
     x[100] = float("nan")
     model = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
-    trainyard.fit(model, TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500:], y[1500:]),
-                  config=[f"track.root={tmp_path}", *BASE, "trainer.on_nonfinite=skip_step"], name="bn")
+    trainyard.fit(
+        model,
+        TensorDataset(x[:1500], y[:1500]),
+        TensorDataset(x[1500:], y[1500:]),
+        config=[f"track.root={tmp_path}", *BASE, "trainer.on_nonfinite=skip_step"],
+        name="bn",
+    )
     run = tmp_path / "bn"
     assert status(run)["status"] == "finished"
     for name in ("last.pt", "best.pt"):

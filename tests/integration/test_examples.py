@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, SHARED_DATA
 
 EXAMPLES = ROOT / "examples"
@@ -36,11 +35,27 @@ def mnist_overrides() -> list[str]:
 
 # test name -> (folder, command after the python executable, given the run root)
 COMMANDS = {
-    "test_own_cnn_mnist": ("own_cnn_mnist", lambda root: ["-m", "trainyard", "train", "run.yaml", f"track.root={root}", "trainer.epochs=1",
-                                                         "data.max_samples=2000", *mnist_overrides()]),
-    "test_regression_diabetes": ("regression_diabetes", lambda root: ["-m", "trainyard", "train", "run.yaml", f"track.root={root}",
-                                                                      "trainer.epochs=10", "optim.lr=0.01"]),
-    "test_multilabel_digits": ("multilabel_digits", lambda root: ["-m", "trainyard", "train", "run.yaml", f"track.root={root}", "trainer.epochs=6"]),
+    "test_own_cnn_mnist": (
+        "own_cnn_mnist",
+        lambda root: [
+            "-m",
+            "trainyard",
+            "train",
+            "run.yaml",
+            f"track.root={root}",
+            "trainer.epochs=1",
+            "data.max_samples=2000",
+            *mnist_overrides(),
+        ],
+    ),
+    "test_regression_diabetes": (
+        "regression_diabetes",
+        lambda root: ["-m", "trainyard", "train", "run.yaml", f"track.root={root}", "trainer.epochs=10", "optim.lr=0.01"],
+    ),
+    "test_multilabel_digits": (
+        "multilabel_digits",
+        lambda root: ["-m", "trainyard", "train", "run.yaml", f"track.root={root}", "trainer.epochs=6"],
+    ),
     "test_python_api": ("python_api", lambda root: ["train.py", f"track.root={root}", "trainer.epochs=4"]),
 }
 
@@ -49,7 +64,9 @@ COMMANDS = {
 def runs(request, tmp_path_factory):
     """test name -> a future of (run root, CompletedProcess), for the tests of this module that were selected."""
     here = Path(__file__).resolve()
-    selected = {item.name for item in request.session.items if getattr(item, "path", None) is not None and Path(item.path).resolve() == here}
+    selected = {
+        item.name for item in request.session.items if getattr(item, "path", None) is not None and Path(item.path).resolve() == here
+    }
     if not SHARED_DATA.is_dir():
         selected.discard("test_own_cnn_mnist")  # skipped by its shared_data fixture
     pool = ThreadPoolExecutor(max_workers=2)
@@ -57,8 +74,9 @@ def runs(request, tmp_path_factory):
     def run(name: str):
         folder, command = COMMANDS[name]
         root = tmp_path_factory.mktemp(name)
-        done = subprocess.run([sys.executable, *command(root)], cwd=EXAMPLES / folder, capture_output=True, text=True,
-                              timeout=TIMEOUT, env=dict(os.environ))
+        done = subprocess.run(
+            [sys.executable, *command(root)], cwd=EXAMPLES / folder, capture_output=True, text=True, timeout=TIMEOUT, env=dict(os.environ)
+        )
         return root, done
 
     futures = {name: pool.submit(run, name) for name in COMMANDS if name in selected}

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import run_cli
+
 from trainyard.engine.callbacks import Every, ProgressLines, format_seconds, progress_text, validation_text
 
 LINE = re.compile(r"^progress: step (\d+)/(\d+)  epoch (\d+)/(\d+) (\d+)%")
@@ -52,11 +51,22 @@ def test_progress_text_on_known_numbers():
 
 
 def fake_trainer(step=0):
-    cfg = SimpleNamespace(trainer=SimpleNamespace(progress_every_s=30.0, epochs=2, max_steps=None, accumulate=1, log_every=50),
-                          loader=SimpleNamespace(batch_size=10))
-    return SimpleNamespace(cfg=cfg, is_primary=True, step=step, epoch=0, batch_in_epoch=step, steps_per_epoch=100,
-                           train_loader=[None] * 100, strategy=SimpleNamespace(world_size=1), history=[],
-                           last_logged={"train/loss": 0.5, "step": 25})
+    cfg = SimpleNamespace(
+        trainer=SimpleNamespace(progress_every_s=30.0, epochs=2, max_steps=None, accumulate=1, log_every=50),
+        loader=SimpleNamespace(batch_size=10),
+    )
+    return SimpleNamespace(
+        cfg=cfg,
+        is_primary=True,
+        step=step,
+        epoch=0,
+        batch_in_epoch=step,
+        steps_per_epoch=100,
+        train_loader=[None] * 100,
+        strategy=SimpleNamespace(world_size=1),
+        history=[],
+        last_logged={"train/loss": 0.5, "step": 25},
+    )
 
 
 class Clock:
@@ -111,8 +121,16 @@ def test_a_piped_run_prints_progress_lines_at_the_interval_during_a_long_epoch(t
     env = {"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[2] / 'src'}"}
     every = 0.3
     start = time.perf_counter()
-    r = run_cli("train", *tiny, "trainer.epochs=1", "model.name=mlp", "callbacks=[slowstep:SlowStep]", f"trainer.progress_every_s={every}",
-                cwd=tmp_path, env=env)
+    r = run_cli(
+        "train",
+        *tiny,
+        "trainer.epochs=1",
+        "model.name=mlp",
+        "callbacks=[slowstep:SlowStep]",
+        f"trainer.progress_every_s={every}",
+        cwd=tmp_path,
+        env=env,
+    )
     wall = time.perf_counter() - start
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
@@ -127,8 +145,16 @@ def test_a_piped_run_prints_progress_lines_at_the_interval_during_a_long_epoch(t
     assert total == 21 and all(0 < s <= total for s in steps)
     assert all("samples/s" in lines[i] and "eta epoch" in lines[i] for i, _ in progress[1:]), r.stdout
 
-    quiet = run_cli("train", *tiny, "trainer.epochs=1", "model.name=mlp", "callbacks=[slowstep:SlowStep]", "trainer.progress_every_s=0",
-                    cwd=tmp_path, env=env)
+    quiet = run_cli(
+        "train",
+        *tiny,
+        "trainer.epochs=1",
+        "model.name=mlp",
+        "callbacks=[slowstep:SlowStep]",
+        "trainer.progress_every_s=0",
+        cwd=tmp_path,
+        env=env,
+    )
     assert quiet.returncode == 0 and "progress: " not in quiet.stdout, quiet.stdout
 
 
@@ -149,8 +175,10 @@ def test_the_data_wait_fix_is_the_command_the_run_was_started_with():
 
     cfg = load_config()
     fix = data_wait_fix(cfg, 0, "", ["/venv/bin/trainyard", "train", "run.yaml", "optim.lr=0.1", "loader.num_workers=0"])
-    assert fix.startswith("`trainyard tune-workers run.yaml optim.lr=0.1 --write` (it sets loader.num_workers in run.yaml), "
-                          "then `trainyard train run.yaml optim.lr=0.1` again")
+    assert fix.startswith(
+        "`trainyard tune-workers run.yaml optim.lr=0.1 --write` (it sets loader.num_workers in run.yaml), "
+        "then `trainyard train run.yaml optim.lr=0.1` again"
+    )
     fix = data_wait_fix(cfg, 0, "", ["/src/trainyard/__main__.py", "train", "trainer.epochs=2", "--doctor"])
     assert fix.startswith("`trainyard tune-workers trainer.epochs=2`, then `trainyard train trainer.epochs=2 loader.num_workers=auto`")
     fix = data_wait_fix(cfg, 0, "", ["/venv/bin/trainyard", "train", "--resume", "runs/a"], run_dir=Path("runs/a"))

@@ -23,8 +23,14 @@ def trained(tmp_path_factory) -> Path:
     """One real run of one epoch: the epoch improved on nothing before it, so best.pt is last.pt's state."""
     root = tmp_path_factory.mktemp("trained") / "runs"
     done = run_cli(
-        "train", f"track.root={root}", "name=good", "trainer.epochs=1", "trainer.log_every=5",
-        "model.width=8", "trainer.progress=false", timeout=240,
+        "train",
+        f"track.root={root}",
+        "name=good",
+        "trainer.epochs=1",
+        "trainer.log_every=5",
+        "model.width=8",
+        "trainer.progress=false",
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr
     return root / "good"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_cli
+
 from trainyard.data import DataInfo
 from trainyard.tasks.classification import Classification, ConfusionCollector
 
@@ -101,8 +101,16 @@ def decode(data: bytes):
 @pytest.mark.timeout(300)
 def test_report_of_a_run_on_a_class_sorted_test_set(tmp_path, tiny):
     (tmp_path / "sorteddata.py").write_text(CLASS_SORTED)
-    r = run_cli("train", *tiny, "trainer.epochs=1", "name=sorted", "data.dataset=sorteddata:sorted_digits", "track.backends=[]",
-                cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[2] / 'src'}"})
+    r = run_cli(
+        "train",
+        *tiny,
+        "trainer.epochs=1",
+        "name=sorted",
+        "data.dataset=sorteddata:sorted_digits",
+        "track.backends=[]",
+        cwd=tmp_path,
+        env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[2] / 'src'}"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "runs" / "sorted"
     final = json.loads((run / "status.json").read_text())["final"]
@@ -127,7 +135,11 @@ def test_report_of_a_run_on_a_class_sorted_test_set(tmp_path, tiny):
     assert not [t for t in titles if "_" in t]
     # every picture at its natural size or larger; small ones scaled up by a whole factor
     images = dict(re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', text))
-    media = {"A training batch": "data_train_batch.png", "Sample predictions": "test_misclassified.png", "Confusion matrix": "test_confusion_matrix.png"}
+    media = {
+        "A training batch": "data_train_batch.png",
+        "Sample predictions": "test_misclassified.png",
+        "Confusion matrix": "test_confusion_matrix.png",
+    }
     for alt, name in media.items():
         natural = decode((run / "media" / name).read_bytes()).size
         embedded = decode(base64.b64decode(images[alt])).size

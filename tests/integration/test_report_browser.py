@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(n)), None)
@@ -34,7 +33,15 @@ window.addEventListener("load", () => {
 });
 </script>"""
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=5000",
+]
 
 
 def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -45,8 +52,16 @@ def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser")
-    r = run_cli("train", f"track.root={root / 'runs'}", "name=shown", "trainer.epochs=2", "model.width=8", "trainer.progress=false",
-                "track.backends=[]", cwd=root)
+    r = run_cli(
+        "train",
+        f"track.root={root / 'runs'}",
+        "name=shown",
+        "trainer.epochs=2",
+        "model.width=8",
+        "trainer.progress=false",
+        "track.backends=[]",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = root / "report.html"
     r = run_cli("report", str(root / "runs" / "shown"), "--out", str(out), cwd=root)

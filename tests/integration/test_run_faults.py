@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SRC
 
 HERE = Path(__file__).resolve().parent
@@ -23,8 +22,15 @@ QUIET = ["track.images=false", "track.graph=false", "trainer.histogram_every=0"]
 
 
 def cli(*args: str, timeout: float = 240, env: dict | None = None, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainyard", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**ENV, **(env or {})}, cwd=HERE, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "trainyard", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**ENV, **(env or {})},
+        cwd=HERE,
+        preexec_fn=preexec,
+    )
 
 
 def finished(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -56,14 +62,20 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 # --- case 2: a resume that does not fit ---------------------------------------------------------------------
 
+
 @pytest.mark.timeout(400)
 def test_a_resume_whose_overrides_do_not_fit_is_refused_before_anything_is_written(tmp_path, tiny):
     run_dir = tmp_path / "runs" / "done"
     finished(cli("train", *tiny, *QUIET, "name=done"))
     before = snapshot(run_dir)
 
-    line = one_line(cli("train", "--resume", str(run_dir), "model.width=64", "optim.lr=0.1", "trainer.epochs=3"), 2,
-                    "model.width=64 (trained with 8)", "optim.lr=0.1 (trained with 0.003)", "trainer.epochs")
+    line = one_line(
+        cli("train", "--resume", str(run_dir), "model.width=64", "optim.lr=0.1", "trainer.epochs=3"),
+        2,
+        "model.width=64 (trained with 8)",
+        "optim.lr=0.1 (trained with 0.003)",
+        "trainer.epochs",
+    )
     assert "trainer.epochs=3" not in line  # an allowed change is not named as a refused one
     one_line(cli("train", "--resume", str(run_dir), "model.name=mlp"), 2, "model.name=mlp (trained with cnn)")
     assert snapshot(run_dir) == before  # config.yaml holds the trained values still
@@ -87,6 +99,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_one_line_and_changes_nothin
 
 
 # --- case 4: no room to save ------------------------------------------------------------------------------
+
 
 def file_size_limit(limit: int):
     def apply() -> None:
@@ -133,6 +146,7 @@ def test_a_new_run_that_cannot_write_its_first_file_leaves_no_folder(tmp_path, t
 
 
 # --- case 7: a signal in every phase ------------------------------------------------------------------------
+
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -202,6 +216,7 @@ def test_a_signal_during_a_save_lets_the_save_finish_then_stops(tmp_path, tiny):
 
 
 # --- beyond the list -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.timeout(300)
 def test_a_resume_after_a_torn_metrics_row_appends_whole_lines(tmp_path, tiny):

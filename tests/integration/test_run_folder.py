@@ -12,15 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 
 def start_live(tiny: list[str], *extra: str) -> subprocess.Popen:
     """``trainyard train name=live`` with epochs enough to still be training when the test is done with it."""
     args = [*tiny, "name=live", "trainer.epochs=500", *extra]
-    return subprocess.Popen([sys.executable, "-m", "trainyard", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainyard", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_metrics(job: subprocess.Popen, run_dir: Path, wait: float = 120) -> None:
@@ -79,7 +83,9 @@ def test_a_second_writer_is_refused_while_a_run_trains_and_admitted_once_it_was_
         assert steps == sorted(steps)
         # No new file but the live run's own checkpoints and media (not a second event file, a status tmp file)
         new = {p.relative_to(run_dir) for p in run_dir.rglob("*")} - files_before
-        assert all(p.parts[0] in ("checkpoints", "media") or p.parts[0].startswith("epoch_") for p in new), new  # epoch_*: its grouped scalars
+        assert all(p.parts[0] in ("checkpoints", "media") or p.parts[0].startswith("epoch_") for p in new), (
+            new
+        )  # epoch_*: its grouped scalars
         assert live.poll() is None  # the live run was not disturbed
         while not (run_dir / "checkpoints" / "last.pt").exists():  # a checkpoint to resume from (one per epoch)
             assert live.poll() is None

@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 from conftest import free_port, run_cli
 
-FAST = ["trainer.log_every=5", "model.width=8", "trainer.progress=false", "data.train_transforms=[]", "track.images=false",
-        "track.graph=false", "trainer.histogram_every=0", "data.max_samples=600"]
+FAST = [
+    "trainer.log_every=5",
+    "model.width=8",
+    "trainer.progress=false",
+    "data.train_transforms=[]",
+    "track.images=false",
+    "track.graph=false",
+    "trainer.histogram_every=0",
+    "data.max_samples=600",
+]
 
 
 def table_rows(stdout: str) -> list[dict[str, str]]:
@@ -56,8 +64,12 @@ def sweep_cmd(root: Path, *args: str) -> list[str]:
 @pytest.mark.timeout(300)
 def test_two_workers_share_one_study_and_run_every_trial_once(tmp_path):
     root = tmp_path / "runs"
-    res = subprocess.run(sweep_cmd(root, "trainer.epochs=2", "optim.lr=0.01,0.003", "model.width=4,8", "--name", "s", "--workers", "2"),
-                         capture_output=True, text=True, timeout=280)
+    res = subprocess.run(
+        sweep_cmd(root, "trainer.epochs=2", "optim.lr=0.01,0.003", "model.width=4,8", "--name", "s", "--workers", "2"),
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     folder = root / "s"
     names = [f"trial-{i:03d}" for i in range(4)]
@@ -75,7 +87,12 @@ def test_two_workers_share_one_study_and_run_every_trial_once(tmp_path):
     assert values == sorted(values, reverse=True)  # best first
 
     # the same command again joins the finished study: nothing is trained twice
-    again = subprocess.run(sweep_cmd(root, "trainer.epochs=2", "optim.lr=0.01,0.003", "model.width=4,8", "--name", "s"), capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        sweep_cmd(root, "trainer.epochs=2", "optim.lr=0.01,0.003", "model.width=4,8", "--name", "s"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr
     assert "4 trials, 0 to run" in again.stdout and "== trial-" not in again.stdout
     assert len(table_rows(again.stdout)) == 4
@@ -104,7 +121,11 @@ def test_a_killed_worker_is_replaced_and_its_trial_resumes_to_the_same_result(tm
     assert "died (signal SIGKILL)" in out
     assert "== trial-001 (2/3) resumed" in out  # from last.pt, in the same folder
     assert status(trial)["status"] == "finished" and epochs_logged(trial) == [0, 1, 2, 3]
-    assert sorted(p.name for p in (killed_root / "k").glob("trial-*")) == ["trial-000", "trial-001", "trial-002"]  # nothing renamed or added
+    assert sorted(p.name for p in (killed_root / "k").glob("trial-*")) == [
+        "trial-000",
+        "trial-001",
+        "trial-002",
+    ]  # nothing renamed or added
     states = sorted(t.state.name for t in study_trials(killed_root / "k"))
     assert states == ["COMPLETE"] * 3 + ["FAIL"]  # the killed attempt, retried once
 
@@ -119,7 +140,9 @@ def test_a_killed_worker_is_replaced_and_its_trial_resumes_to_the_same_result(tm
 def test_prune_median_stops_trials_that_fall_behind(tmp_path):
     root = tmp_path / "runs"
     lrs = "0.01,0.008,0.006,0.005,0.00001,0.000005"  # the last two cannot keep up
-    res = run_cli("sweep", f"track.root={root}", *FAST, "trainer.epochs=3", f"optim.lr={lrs}", "--name", "p", "--prune", "median", timeout=280)
+    res = run_cli(
+        "sweep", f"track.root={root}", *FAST, "trainer.epochs=3", f"optim.lr={lrs}", "--name", "p", "--prune", "median", timeout=280
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     folder = root / "p"
     pruned = [p.name for p in sorted(folder.glob("trial-*")) if status(p)["status"] == "pruned"]
@@ -127,7 +150,7 @@ def test_prune_median_stops_trials_that_fall_behind(tmp_path):
     for name in pruned:
         assert len(epochs_logged(folder / name)) < 3  # stopped early
     rows = table_rows(res.stdout)
-    assert [r["status"] for r in rows][-len(pruned):] == ["pruned"] * len(pruned)  # ranked last
+    assert [r["status"] for r in rows][-len(pruned) :] == ["pruned"] * len(pruned)  # ranked last
     listing = run_cli("runs", str(folder))
     assert listing.returncode == 0 and listing.stdout.count("pruned") == len(pruned)
     states = {t.user_attrs["run"]: t.state.name for t in study_trials(folder)}
@@ -137,8 +160,21 @@ def test_prune_median_stops_trials_that_fall_behind(tmp_path):
 @pytest.mark.timeout(300)
 def test_tpe_runs_the_number_of_trials_asked(tmp_path):
     root = tmp_path / "runs"
-    res = run_cli("sweep", f"track.root={root}", *FAST, "trainer.epochs=1", "optim.lr=loguniform(1e-3,3e-2)", "model.width=4,8",
-                  "--search", "tpe", "--trials", "3", "--name", "t", timeout=280)
+    res = run_cli(
+        "sweep",
+        f"track.root={root}",
+        *FAST,
+        "trainer.epochs=1",
+        "optim.lr=loguniform(1e-3,3e-2)",
+        "model.width=4,8",
+        "--search",
+        "tpe",
+        "--trials",
+        "3",
+        "--name",
+        "t",
+        timeout=280,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     trials = study_trials(root / "t")
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
@@ -162,7 +198,9 @@ def test_a_storage_that_cannot_be_reached_or_parsed_is_one_line_without_the_pass
     url = f"postgresql://me:hunter2@127.0.0.1:{port}/sweeps"
     line = one_line_error(run_cli("sweep", f"track.root={tmp_path}", "optim.lr=0.1,0.01", "--storage", url, timeout=60))
     assert "hunter2" not in line and f"me:***@127.0.0.1:{port}" in line and f"tried postgresql at 127.0.0.1:{port}" in line
-    line = one_line_error(run_cli("sweep", f"track.root={tmp_path}", "optim.lr=0.1,0.01", "--storage", "postgres//me:hunter2@x", timeout=60))
+    line = one_line_error(
+        run_cli("sweep", f"track.root={tmp_path}", "optim.lr=0.1,0.01", "--storage", "postgres//me:hunter2@x", timeout=60)
+    )
     assert "hunter2" not in line and "not a database URL" in line
     assert not any(tmp_path.iterdir())  # nothing made
 
@@ -171,18 +209,23 @@ def test_joining_a_study_with_another_search_space_names_the_keys(tmp_path):
     from trainyard.runs.sweep import Sweep
 
     Sweep.create(None, [f"track.root={tmp_path}", "optim.lr=0.1,0.01", "model.width=4,8"], None, 0, "s")
-    line = one_line_error(run_cli("sweep", f"track.root={tmp_path}", "optim.lr=0.1,0.02", "model.width=4,8", "loader.batch_size=16,32", "--name", "s"))
+    line = one_line_error(
+        run_cli("sweep", f"track.root={tmp_path}", "optim.lr=0.1,0.02", "model.width=4,8", "loader.batch_size=16,32", "--name", "s")
+    )
     assert "another search space" in line and "loader.batch_size, optim.lr" in line and "model.width" not in line
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--workers", "999"], "--workers 999: this machine has"),
-    (["data.val_fraction=0", "--prune", "median"], "--prune median: needs a validation split"),
-    (["optim.lr=loguniform(1e-4)"], "optim.lr=loguniform(1e-4): does not parse"),
-    (["optim.lr=lognormal(1e-4,1)"], "not a range this sweep knows"),
-    (["optim.lr=uniform(0.1,0.01)"], "need LOW < HIGH"),
-    (["--search", "tpe"], "--search tpe: needs --trials N"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--workers", "999"], "--workers 999: this machine has"),
+        (["data.val_fraction=0", "--prune", "median"], "--prune median: needs a validation split"),
+        (["optim.lr=loguniform(1e-4)"], "optim.lr=loguniform(1e-4): does not parse"),
+        (["optim.lr=lognormal(1e-4,1)"], "not a range this sweep knows"),
+        (["optim.lr=uniform(0.1,0.01)"], "need LOW < HIGH"),
+        (["--search", "tpe"], "--search tpe: needs --trials N"),
+    ],
+)
 def test_bad_sweep_arguments_are_one_line(tmp_path, args, expected):
     line = one_line_error(run_cli("sweep", f"track.root={tmp_path}", "model.width=4,8", *args, timeout=60))
     assert expected in line

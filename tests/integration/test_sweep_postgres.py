@@ -15,8 +15,17 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-FAST = ["trainer.log_every=5", "model.width=8", "trainer.progress=false", "data.train_transforms=[]", "track.images=false",
-        "track.graph=false", "trainer.histogram_every=0", "data.max_samples=600", "trainer.epochs=2"]
+FAST = [
+    "trainer.log_every=5",
+    "model.width=8",
+    "trainer.progress=false",
+    "data.train_transforms=[]",
+    "track.images=false",
+    "track.graph=false",
+    "trainer.histogram_every=0",
+    "data.max_samples=600",
+    "trainer.epochs=2",
+]
 
 
 def _as_server_user(command: list[str]) -> list[str]:
@@ -39,17 +48,32 @@ def postgres_url():
     if os.geteuid() == 0:
         shutil.chown(home, user="nobody")
     data, port = home / "data", free_port()
-    init = subprocess.run(_as_server_user([shutil.which("initdb"), "-D", str(data), "-U", "trainyard", "--auth=trust", "-E", "UTF8"]),
-                          capture_output=True, text=True, timeout=120)
+    init = subprocess.run(
+        _as_server_user([shutil.which("initdb"), "-D", str(data), "-U", "trainyard", "--auth=trust", "-E", "UTF8"]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert init.returncode == 0, init.stderr[-2000:]
     options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
-    start = subprocess.run(_as_server_user([shutil.which("pg_ctl"), "-D", str(data), "-l", str(home / "server.log"), "-o", options, "-w", "-t", "60", "start"]),
-                           capture_output=True, text=True, timeout=90)
-    assert start.returncode == 0, (start.stderr[-2000:], (home / "server.log").read_text()[-2000:] if (home / "server.log").exists() else "")
+    start = subprocess.run(
+        _as_server_user(
+            [shutil.which("pg_ctl"), "-D", str(data), "-l", str(home / "server.log"), "-o", options, "-w", "-t", "60", "start"]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert start.returncode == 0, (
+        start.stderr[-2000:],
+        (home / "server.log").read_text()[-2000:] if (home / "server.log").exists() else "",
+    )
     try:
         yield f"postgresql://trainyard:unused-password@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_server_user([shutil.which("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True, timeout=60)
+        subprocess.run(
+            _as_server_user([shutil.which("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True, timeout=60
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -70,9 +94,27 @@ def _rows(stdout: str) -> dict[str, str]:
 def test_two_sweep_commands_share_one_study_on_postgresql(postgres_url, tmp_path):
     names = [f"trial-{i:03d}" for i in range(4)]
     axes = ["optim.lr=0.01,0.003", "model.width=4,8"]
-    jobs = [subprocess.Popen([sys.executable, "-m", "trainyard", "sweep", f"track.root={tmp_path / machine}", *FAST, *axes,
-                              "--name", "shared", "--storage", postgres_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for machine in ("a", "b")]
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trainyard",
+                "sweep",
+                f"track.root={tmp_path / machine}",
+                *FAST,
+                *axes,
+                "--name",
+                "shared",
+                "--storage",
+                postgres_url,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for machine in ("a", "b")
+    ]
     results = [job.communicate(timeout=400) for job in jobs]
     for job, (out, err) in zip(jobs, results):
         assert job.returncode == 0, err[-3000:]

@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SRC, run_cli
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
-
-from conftest import SRC, run_cli
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -65,7 +64,9 @@ def finished(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
-def plain_loop(model, dataset, *, seed: int, batch_size: int, epochs: int, optimizer, scheduler=None, loss_of, per_epoch_schedule: bool = False):
+def plain_loop(
+    model, dataset, *, seed: int, batch_size: int, epochs: int, optimizer, scheduler=None, loss_of, per_epoch_schedule: bool = False
+):
     """What trainyard does for one process, in plain PyTorch: reseed before training (run_process seeds
     ``cfg.seed + 7919 * rank`` once the model is built), the DistributedSampler order with set_epoch, a loader
     generator of its own (so iterating draws nothing from the global RNG, as trainyard's loaders draw nothing)."""
@@ -94,12 +95,26 @@ def test_regression_from_import_paths_equals_a_plain_loop(tmp_path):
     names with their args, stepped per epoch; dropout on, so the seeding before training must match too."""
     seed, batch, epochs = 3, 32, 3
     overrides = [
-        f"track.root={tmp_path}", "name=cli", f"seed={seed}", *QUIET,
-        "model.name=usercode:Regressor", "model.args={hidden: 16, dropout: 0.1}", "data.dataset=usercode:diabetes",
-        "data.val_fraction=0", "data.test_fraction=0", "task=regression", "task.loss=MSELoss",
-        "optim.name=SGD", "optim.lr=0.05", "optim.weight_decay=0", "optim.args={momentum: 0.9}",
-        "schedule.name=StepLR", "schedule.args={step_size: 1, gamma: 0.5}", "schedule.interval=epoch",
-        f"loader.batch_size={batch}", f"trainer.epochs={epochs}",
+        f"track.root={tmp_path}",
+        "name=cli",
+        f"seed={seed}",
+        *QUIET,
+        "model.name=usercode:Regressor",
+        "model.args={hidden: 16, dropout: 0.1}",
+        "data.dataset=usercode:diabetes",
+        "data.val_fraction=0",
+        "data.test_fraction=0",
+        "task=regression",
+        "task.loss=MSELoss",
+        "optim.name=SGD",
+        "optim.lr=0.05",
+        "optim.weight_decay=0",
+        "optim.args={momentum: 0.9}",
+        "schedule.name=StepLR",
+        "schedule.args={step_size: 1, gamma: 0.5}",
+        "schedule.interval=epoch",
+        f"loader.batch_size={batch}",
+        f"trainer.epochs={epochs}",
     ]
     # cwd: usercode is found from the working directory, as `python -m` finds it
     finished(run_cli("train", *overrides, cwd=HERE, env={"OMP_NUM_THREADS": ENV["OMP_NUM_THREADS"], "PYTHONPATH": str(SRC)}))
@@ -108,8 +123,17 @@ def test_regression_from_import_paths_equals_a_plain_loop(tmp_path):
     model = usercode.Regressor(10, hidden=16, dropout=0.1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    plain_loop(model, usercode.diabetes(), seed=seed, batch_size=batch, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
-               loss_of=lambda out, y: F.mse_loss(out.reshape(y.shape), y), per_epoch_schedule=True)
+    plain_loop(
+        model,
+        usercode.diabetes(),
+        seed=seed,
+        batch_size=batch,
+        epochs=epochs,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_of=lambda out, y: F.mse_loss(out.reshape(y.shape), y),
+        per_epoch_schedule=True,
+    )
 
     state = load_checkpoint(tmp_path / "cli" / "checkpoints" / "last.pt")
     assert state["step"] == epochs * 14  # 442 samples in batches of 32, no split held out
@@ -124,11 +148,30 @@ def test_multilabel_through_fit_equals_a_plain_loop(tmp_path):
     model = usercode.Tagger(64, 4, hidden=32, dropout=0.1)
     initial = copy.deepcopy(model.state_dict())
     result = trainyard.fit(
-        model, usercode.digit_attributes(), task="multilabel", loss="BCEWithLogitsLoss", optimizer="SGD", scheduler="constant", name="fit",
-        config={"seed": seed, "track.root": str(tmp_path), "optim.lr": 0.2, "optim.weight_decay": 1e-4, "optim.args": {"momentum": 0.5, "nesterov": True},
-                "data.val_fraction": 0, "data.test_fraction": 0, "loader.batch_size": batch, "trainer.epochs": epochs,
-                "trainer.keep_host_memory": False, "trainer.progress": False, "track.images": False, "track.graph": False,
-                "trainer.histogram_every": 0, "trainer.log_every": 5},
+        model,
+        usercode.digit_attributes(),
+        task="multilabel",
+        loss="BCEWithLogitsLoss",
+        optimizer="SGD",
+        scheduler="constant",
+        name="fit",
+        config={
+            "seed": seed,
+            "track.root": str(tmp_path),
+            "optim.lr": 0.2,
+            "optim.weight_decay": 1e-4,
+            "optim.args": {"momentum": 0.5, "nesterov": True},
+            "data.val_fraction": 0,
+            "data.test_fraction": 0,
+            "loader.batch_size": batch,
+            "trainer.epochs": epochs,
+            "trainer.keep_host_memory": False,
+            "trainer.progress": False,
+            "track.images": False,
+            "track.graph": False,
+            "trainer.histogram_every": 0,
+            "trainer.log_every": 5,
+        },
     )
     assert result.run_dir == tmp_path / "fit" and 0.0 < result["train/accuracy"] <= 1.0
 
@@ -136,8 +179,15 @@ def test_multilabel_through_fit_equals_a_plain_loop(tmp_path):
     plain = usercode.Tagger(64, 4, hidden=32, dropout=0.1)
     assert_same_weights(plain.state_dict(), initial)
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.2, momentum=0.5, nesterov=True, weight_decay=1e-4)
-    plain_loop(plain, usercode.digit_attributes(), seed=seed, batch_size=batch, epochs=epochs, optimizer=optimizer,
-               loss_of=lambda out, y: F.binary_cross_entropy_with_logits(out, y))
+    plain_loop(
+        plain,
+        usercode.digit_attributes(),
+        seed=seed,
+        batch_size=batch,
+        epochs=epochs,
+        optimizer=optimizer,
+        loss_of=lambda out, y: F.binary_cross_entropy_with_logits(out, y),
+    )
 
     state = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
     assert state["step"] == epochs * 29  # 1,797 samples in batches of 64
@@ -148,9 +198,19 @@ def test_multilabel_through_fit_equals_a_plain_loop(tmp_path):
 # --- 2. ddp: 2 CPU processes of batch b equal one process of batch 2b -------------------------------
 
 DDP_JOB = [
-    *QUIET, "model.name=usercode:Regressor", "model.args={hidden: 16}", "data.dataset=usercode:diabetes", "task=regression",
-    "data.val_fraction=0", "data.test_fraction=0", "optim.name=SGD", "optim.lr=0.05", "optim.weight_decay=0",
-    "optim.args={momentum: 0.9}", "schedule.name=constant", "trainer.epochs=2",
+    *QUIET,
+    "model.name=usercode:Regressor",
+    "model.args={hidden: 16}",
+    "data.dataset=usercode:diabetes",
+    "task=regression",
+    "data.val_fraction=0",
+    "data.test_fraction=0",
+    "optim.name=SGD",
+    "optim.lr=0.05",
+    "optim.weight_decay=0",
+    "optim.args={momentum: 0.9}",
+    "schedule.name=constant",
+    "trainer.epochs=2",
 ]
 # 442 samples: rank r of 2 takes positions r, r+2, ... of each epoch's permutation, so two batches of 17 hold
 # the same 34 samples as one batch of 34, every step of both epochs (13 steps each, no short batch, no padding)
@@ -189,8 +249,19 @@ def single_of_34(tmp_path_factory) -> Path:
 
 @pytest.mark.timeout(240)
 def test_user_model_under_ddp_equals_one_process_of_the_doubled_batch(tmp_path, single_of_34):
-    finished(run_cli("train", *DDP_JOB, f"track.root={tmp_path}", "name=ddp", "loader.batch_size=17", "parallel.strategy=ddp", "parallel.devices=2",
-                     timeout=200, env=ENV))
+    finished(
+        run_cli(
+            "train",
+            *DDP_JOB,
+            f"track.root={tmp_path}",
+            "name=ddp",
+            "loader.batch_size=17",
+            "parallel.strategy=ddp",
+            "parallel.devices=2",
+            timeout=200,
+            env=ENV,
+        )
+    )
     state = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     assert state["step"] == 26
     assert_close_weights(state["model"], weights(single_of_34), atol=1e-5)  # plain module keys, no "module." prefix
@@ -200,7 +271,9 @@ def test_user_model_under_ddp_equals_one_process_of_the_doubled_batch(tmp_path, 
 def test_fit_under_ddp_from_a_script_equals_one_process_of_the_doubled_batch(tmp_path, single_of_34):
     script = tmp_path / "fit_ddp.py"
     script.write_text(textwrap.dedent(FIT_DDP), encoding="utf-8")
-    fit = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=200, env={**os.environ, **ENV})
+    fit = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=200, env={**os.environ, **ENV}
+    )
     finished(fit)
     assert f"RESULT {tmp_path / 'fit_ddp'} " in fit.stdout  # the final metrics came back from rank 0's process
     state = load_checkpoint(tmp_path / "fit_ddp" / "checkpoints" / "last.pt")
@@ -211,8 +284,13 @@ def test_fit_under_ddp_from_a_script_equals_one_process_of_the_doubled_batch(tmp
 
 def test_lambda_loss_under_ddp_is_one_line_before_any_process_starts(tmp_path):
     with pytest.raises(ConfigError) as info:
-        trainyard.fit(usercode.Regressor(10), usercode.diabetes(), task="regression", loss=lambda out, y: F.mse_loss(out.view(-1), y),
-                      config={"parallel.strategy": "ddp", "parallel.devices": 2, "track.root": str(tmp_path / "runs")})
+        trainyard.fit(
+            usercode.Regressor(10),
+            usercode.diabetes(),
+            task="regression",
+            loss=lambda out, y: F.mse_loss(out.view(-1), y),
+            config={"parallel.strategy": "ddp", "parallel.devices": 2, "track.root": str(tmp_path / "runs")},
+        )
     message = str(info.value)
     assert "\n" not in message
     assert "parallel.strategy=ddp" in message and "pickled copy of the loss" in message and "cannot be pickled" in message
@@ -228,9 +306,19 @@ def test_user_code_run_stopped_by_sigterm_resumes_bit_for_bit(tmp_path):
     trained on. The stop comes from usercode's Recorder, which sends the process SIGTERM after step 20 (of 13 a
     epoch): the real signal handler, at a step known in advance."""
     job = [
-        f"track.root={tmp_path}", *QUIET, "trainer.keep_host_memory=false", "model.name=usercode:Regressor", "model.args={hidden: 16, dropout: 0.2}",
-        "data.dataset=usercode:diabetes", "task=regression", "data.val_fraction=0.1", "data.test_fraction=0",
-        "optim.name=adamw", "schedule.name=cosine", "loader.batch_size=32", "trainer.epochs=3",
+        f"track.root={tmp_path}",
+        *QUIET,
+        "trainer.keep_host_memory=false",
+        "model.name=usercode:Regressor",
+        "model.args={hidden: 16, dropout: 0.2}",
+        "data.dataset=usercode:diabetes",
+        "task=regression",
+        "data.val_fraction=0.1",
+        "data.test_fraction=0",
+        "optim.name=adamw",
+        "schedule.name=cosine",
+        "loader.batch_size=32",
+        "trainer.epochs=3",
     ]
     log = tmp_path / "hooks.jsonl"
     cut = run_cli("train", *job, "name=cut", f'callbacks=[{{"usercode:Recorder": {{path: {log}, sigterm_at: 20}}}}]', env=ENV)
@@ -255,34 +343,41 @@ BASE = ["model.name=usercode:Regressor", "data.dataset=usercode:diabetes", "task
 BAD_INPUTS = {
     "module_does_not_import": (
         ["model.name=broken_net:Net"],
-        ["model.name=broken_net:Net", "cannot import broken_net", "ModuleNotFoundError: No module named 'a_package_nobody_installed'"]),
+        ["model.name=broken_net:Net", "cannot import broken_net", "ModuleNotFoundError: No module named 'a_package_nobody_installed'"],
+    ),
     "name_missing_from_module": (
         ["model.name=usercode:Regresor"],
-        ["model.name=usercode:Regresor", "has no 'Regresor'", "did you mean Regressor"]),
+        ["model.name=usercode:Regresor", "has no 'Regresor'", "did you mean Regressor"],
+    ),
     "model_args_rejected": (
         ["model.args={hiden: 8}"],
-        ["model.args", "Regressor(in_features: int, hidden: int = 16, dropout: float = 0.0)", "'hiden'", "did you mean hidden"]),
+        ["model.args", "Regressor(in_features: int, hidden: int = 16, dropout: float = 0.0)", "'hiden'", "did you mean hidden"],
+    ),
     "item_not_a_pair": (
         ["data.dataset=usercode:triples"],
-        ["data.dataset=usercode:triples", "item 0 is a tuple of 3", "expected an (input, target) pair"]),
+        ["data.dataset=usercode:triples", "item 0 is a tuple of 3", "expected an (input, target) pair"],
+    ),
     "float_targets_classification": (
         ["task=classification"],
-        ["data.dataset=usercode:diabetes", "targets are fractional", "task=classification takes class ids", "task=regression"]),
+        ["data.dataset=usercode:diabetes", "targets are fractional", "task=classification takes class ids", "task=regression"],
+    ),
     "class_ids_multilabel": (
         ["model.name=usercode:Tagger", "data.dataset=usercode:digit_classes", "task=multilabel"],
-        ["data.dataset=usercode:digit_classes", "targets are class ids", "task=multilabel takes a 0/1 vector", "task=classification"]),
+        ["data.dataset=usercode:digit_classes", "targets are class ids", "task=multilabel takes a 0/1 vector", "task=classification"],
+    ),
     "unknown_metric": (
         ["task.metrics=[MeanAbsolutError]"],
-        ["task.metrics[0]", "unknown metric 'MeanAbsolutError'", "did you mean MeanAbsoluteError"]),
-    "unknown_loss": (
-        ["task.loss=MSELos"],
-        ["task.loss=MSELos", "unknown loss", "did you mean MSELoss"]),
+        ["task.metrics[0]", "unknown metric 'MeanAbsolutError'", "did you mean MeanAbsoluteError"],
+    ),
+    "unknown_loss": (["task.loss=MSELos"], ["task.loss=MSELos", "unknown loss", "did you mean MSELoss"]),
     "hook_wrong_signature": (
         ["callbacks=[usercode:BadSignature]"],
-        ["callbacks[0]=usercode:BadSignature", "BadSignature.on_epoch_end(", "trainer)", "must take (trainer, metrics)"]),
+        ["callbacks[0]=usercode:BadSignature", "BadSignature.on_epoch_end(", "trainer)", "must take (trainer, metrics)"],
+    ),
     "hook_name_typo": (
         ["callbacks=[usercode:TypoHook]"],
-        ["callbacks[0]=usercode:TypoHook", "TypoHook.on_epoch_ends is not a hook", "did you mean on_epoch_end"]),
+        ["callbacks[0]=usercode:TypoHook", "TypoHook.on_epoch_ends is not a hook", "did you mean on_epoch_end"],
+    ),
 }
 
 
@@ -322,17 +417,36 @@ def test_bad_user_input_is_one_line_exit_2_and_writes_nothing(bad_runs, case):
 def test_callback_hooks_in_order_and_checkpoint_state_round_trips(tmp_path):
     log = tmp_path / "hooks.jsonl"
     job = [
-        f"track.root={tmp_path}", "name=cb", *QUIET, "trainer.keep_host_memory=false", "model.name=usercode:Regressor",
-        "data.dataset=usercode:diabetes", "task=regression", "data.val_fraction=0.2", "data.test_fraction=0.1", "loader.batch_size=64",
-        "trainer.epochs=2", f'callbacks=[{{"usercode:Recorder": {{path: {log}}}}}]',
+        f"track.root={tmp_path}",
+        "name=cb",
+        *QUIET,
+        "trainer.keep_host_memory=false",
+        "model.name=usercode:Regressor",
+        "data.dataset=usercode:diabetes",
+        "task=regression",
+        "data.val_fraction=0.2",
+        "data.test_fraction=0.1",
+        "loader.batch_size=64",
+        "trainer.epochs=2",
+        f'callbacks=[{{"usercode:Recorder": {{path: {log}}}}}]',
     ]
     assert main(["train", *job]) == 0
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     steps = 5  # 442 - 44 test - 80 val = 318 training samples, batches of 64
-    epoch = lambda e, first: [("epoch_start", e)] + ([("first_batch", None)] if first else []) + [("step_end", e * steps + i) for i in range(1, steps + 1)] + [  # noqa: E731
-        ("validation_end", None), ("epoch_end", e + 1), ("checkpoint_save", (e + 1) * steps)]
+
+    def epoch(e, first):
+        return (
+            [("epoch_start", e)]
+            + ([("first_batch", None)] if first else [])
+            + [("step_end", e * steps + i) for i in range(1, steps + 1)]
+            + [("validation_end", None), ("epoch_end", e + 1), ("checkpoint_save", (e + 1) * steps)]
+        )
+
     expected = [("run_start", None)] + epoch(0, True) + epoch(1, False) + [("run_end", 2 * steps)]
-    seen = [(r["hook"], r.get("epoch", r.get("step"))) if r["hook"] not in ("run_start", "first_batch", "validation_end") else (r["hook"], None) for r in rows]
+    seen = [
+        (r["hook"], r.get("epoch", r.get("step"))) if r["hook"] not in ("run_start", "first_batch", "validation_end") else (r["hook"], None)
+        for r in rows
+    ]
     assert seen == expected
     assert rows[0] == {"hook": "run_start", "step": 0, "epoch": 0}
     assert next(r for r in rows if r["hook"] == "first_batch")["batch"] == 64
@@ -352,8 +466,17 @@ def test_callback_hooks_in_order_and_checkpoint_state_round_trips(tmp_path):
 
 # --- 6. a model that computes its own loss ----------------------------------------------------------
 
-OWN_LOSS = [*QUIET, "trainer.keep_host_memory=false", "data.dataset=usercode:dict_inputs", "model.args={in_features: 10}", "optim.name=sgd",
-            "optim.lr=0.05", "schedule.name=constant", "loader.batch_size=32", "trainer.epochs=2"]
+OWN_LOSS = [
+    *QUIET,
+    "trainer.keep_host_memory=false",
+    "data.dataset=usercode:dict_inputs",
+    "model.args={in_features: 10}",
+    "optim.name=sgd",
+    "optim.lr=0.05",
+    "schedule.name=constant",
+    "loader.batch_size=32",
+    "trainer.epochs=2",
+]
 SPLIT = ["data.val_fraction=0.1", "data.test_fraction=0.1"]
 NO_SPLIT = ["data.val_fraction=0", "data.test_fraction=0"]
 TASK_LOSS = ["model.name=usercode:DictRegressor", "task=regression", "task.loss=MSELoss"]  # the same network, its MSE computed by the task
@@ -368,8 +491,21 @@ def test_model_returning_loss_and_logits_trains_like_the_task_loss(tmp_path):
     """{"loss", "logits"} under task=regression with task.loss=L1Loss: the model's own MSE must win over the
     task's loss (else the weights differ), its logits feed the metrics."""
     assert main(["train", f"track.root={tmp_path}", *OWN_LOSS, *SPLIT, "name=task_loss", *TASK_LOSS]) == 0
-    assert main(["train", f"track.root={tmp_path}", *OWN_LOSS, *SPLIT, "name=dict", "model.name=usercode:OwnLossRegressor", "task=regression",
-                 "task.loss=L1Loss"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"track.root={tmp_path}",
+                *OWN_LOSS,
+                *SPLIT,
+                "name=dict",
+                "model.name=usercode:OwnLossRegressor",
+                "task=regression",
+                "task.loss=L1Loss",
+            ]
+        )
+        == 0
+    )
     assert_close_weights(weights(tmp_path / "dict"), weights(tmp_path / "task_loss"), atol=1e-6)
     own, reference = final_of(tmp_path / "dict"), final_of(tmp_path / "task_loss")
     for key in ("train/loss", "train/mae", "val/loss", "val/mae", "test/loss", "test/mae"):  # the model's MSE where L1 would be the task's

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import yaml
 import pytest
+import yaml
+from conftest import run_cli
 
+from trainyard.cli import main
 from trainyard.config import RunConfig, load_config, to_yaml
 from trainyard.errors import ConfigError
-from conftest import run_cli
-from trainyard.cli import main
 
 
 def test_defaults_are_the_default_job():
@@ -72,7 +72,10 @@ def test_bad_values_raise_one_line(override, expected):
         ("task.metrics=[F1Scor]", "unknown metric 'F1Scor'"),
         ("model.name=resnet19", "did you mean resnet18"),
         ("data.dataset=digit", "did you mean digits"),
-        ("model.name=no_such_module_here:Net", "model.name=no_such_module_here:Net: cannot import no_such_module_here (ModuleNotFoundError"),
+        (
+            "model.name=no_such_module_here:Net",
+            "model.name=no_such_module_here:Net: cannot import no_such_module_here (ModuleNotFoundError",
+        ),
         ("model.name=torch.nn:Linearr", "model.name=torch.nn:Linearr: torch.nn has no 'Linearr'; did you mean Linear"),
         ("callbacks=[torch.nn:Linear]", "callbacks[0]=torch.nn:Linear: Linear has none of the hooks"),
     ],

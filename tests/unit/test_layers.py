@@ -10,8 +10,23 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 # lowest first; a module may import its own layer and the ones before it
 LAYERS = [
-    "errors", "extras", "devices", "config", "registry", "tasks", "data", "models", "track", "parallel", "engine",
-    "tools", "doctor", "runs", "commands", "cli", "__main__",
+    "errors",
+    "extras",
+    "devices",
+    "config",
+    "registry",
+    "tasks",
+    "data",
+    "models",
+    "track",
+    "parallel",
+    "engine",
+    "tools",
+    "doctor",
+    "runs",
+    "commands",
+    "cli",
+    "__main__",
 ]
 
 
@@ -59,8 +74,14 @@ def test_no_two_modules_import_each_other():
     known = modules()
     graph = {name: {t for t in imports(path, known) if t in known and t != name} for name, path in known.items()}
     # a package __init__ may re-export its own submodules; the cycle that matters is between distinct modules
-    cycles = sorted({tuple(sorted((a, b))) for a, targets in graph.items() for b in targets
-                     if a in graph.get(b, ()) and not (a.startswith(b + ".") or b.startswith(a + "."))})
+    cycles = sorted(
+        {
+            tuple(sorted((a, b)))
+            for a, targets in graph.items()
+            for b in targets
+            if a in graph.get(b, ()) and not (a.startswith(b + ".") or b.startswith(a + "."))
+        }
+    )
     assert not cycles, f"modules importing each other: {cycles}"
 
 

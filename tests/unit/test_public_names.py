@@ -18,11 +18,32 @@ ROOTS = ("torch", "torchvision", "tensorboard")
 
 # Private attributes of torch objects that code reaches on instances, where the receiver's type is unknown to a parser.
 PRIVATE_ATTRIBUTES = {
-    "_version", "_base", "_cdata", "_grad_fn", "_typed_storage", "_untyped_storage", "_local_tensor",  # tensors
-    "_modules", "_parameters", "_buffers", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks",  # nn.Module
-    "_non_persistent_buffers_set", "_state_dict_hooks", "_load_state_dict_pre_hooks",
-    "_get_file_writer", "all_writers",  # SummaryWriter's internals (all_writers: no underscore, no documentation)
-    "_C", "_dynamo", "_inductor", "_utils", "_jit_pass_inline", "_log_api_usage_once", "_pytorch_graph", "_proto_graph",
+    "_version",
+    "_base",
+    "_cdata",
+    "_grad_fn",
+    "_typed_storage",
+    "_untyped_storage",
+    "_local_tensor",  # tensors
+    "_modules",
+    "_parameters",
+    "_buffers",
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",  # nn.Module
+    "_non_persistent_buffers_set",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+    "_get_file_writer",
+    "all_writers",  # SummaryWriter's internals (all_writers: no underscore, no documentation)
+    "_C",
+    "_dynamo",
+    "_inductor",
+    "_utils",
+    "_jit_pass_inline",
+    "_log_api_usage_once",
+    "_pytorch_graph",
+    "_proto_graph",
 }
 
 # (path under src/, line's private name): why it stays for now. Each entry names one hit in a file this change
@@ -52,8 +73,12 @@ def dotted(node: ast.AST) -> list[str] | None:
 def is_attr_call(node: ast.AST) -> bool:
     """``getattr(x, "name")`` and its kin, with the name a string constant."""
     return (
-        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
-        and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and isinstance(node.args[1].value, str)
     )
 
 

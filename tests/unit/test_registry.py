@@ -20,7 +20,6 @@ from trainyard.registry import Registry, call_with, closest, hint, import_object
 from trainyard.tasks import TASKS
 from trainyard.tasks.regression import Regression
 
-
 # --- built-in names ------------------------------------------------------------------------------
 
 
@@ -74,14 +73,17 @@ def test_an_unknown_name_lists_the_built_ins_and_the_closest():
 def cwd_module(tmp_path, monkeypatch):
     """A module in a fresh working directory that is not on sys.path: found the way ``python -m`` finds it."""
     name = "trainyard_cwd_module_for_tests"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent("""
         class Outer:
             class Inner:
                 pass
 
         def build(size=3):
             return list(range(size))
-    """), encoding="utf-8")
+    """),
+        encoding="utf-8",
+    )
     (tmp_path / "trainyard_raises_on_import.py").write_text("raise ValueError('bad setting\\nsecond line')\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
@@ -101,7 +103,9 @@ def test_import_errors_name_the_key_the_module_and_the_first_line(cwd_module):
     with pytest.raises(ConfigError) as info:
         import_object("no_such_module_anywhere:Net", "model.name")
     message = str(info.value)
-    assert message.startswith("model.name=no_such_module_anywhere:Net: cannot import no_such_module_anywhere (ModuleNotFoundError: No module named")
+    assert message.startswith(
+        "model.name=no_such_module_anywhere:Net: cannot import no_such_module_anywhere (ModuleNotFoundError: No module named"
+    )
     assert f"working directory ({Path.cwd()})" in message and "PYTHONPATH" in message
     with pytest.raises(ConfigError) as info:
         import_object("trainyard_raises_on_import:Net", "model.name")
@@ -162,10 +166,15 @@ def test_call_with_args_win_over_facts():
 def test_call_with_unknown_and_missing_arguments_are_one_line():
     with pytest.raises(ConfigError) as info:
         call_with(net, "model.args", {"depth": 1, "widht": 4})
-    assert str(info.value) == "model.args: net(depth, width=8, num_classes=None, in_channels=1) takes no argument 'widht'; did you mean width?"
+    assert (
+        str(info.value) == "model.args: net(depth, width=8, num_classes=None, in_channels=1) takes no argument 'widht'; did you mean width?"
+    )
     with pytest.raises(ConfigError) as info:
         call_with(net, "model.name=mod:net", {}, {"num_classes": 10, "vocab_size": None})
-    assert str(info.value) == "model.name=mod:net: net(depth, width=8, num_classes=None, in_channels=1) needs 'depth': set it in the args (the data gives num_classes)"
+    assert (
+        str(info.value)
+        == "model.name=mod:net: net(depth, width=8, num_classes=None, in_channels=1) needs 'depth': set it in the args (the data gives num_classes)"
+    )
 
     def two(a, b):
         return a, b
@@ -176,10 +185,14 @@ def test_call_with_unknown_and_missing_arguments_are_one_line():
 
 def test_call_with_positional_arguments_come_first():
     params = [torch.nn.Parameter(torch.zeros(2))]
-    opt = call_with(torch.optim.SGD, "optim.args", {"momentum": 0.9}, {"lr": 0.1, "weight_decay": 0.0, "total_steps": 100}, positional=(params,))
+    opt = call_with(
+        torch.optim.SGD, "optim.args", {"momentum": 0.9}, {"lr": 0.1, "weight_decay": 0.0, "total_steps": 100}, positional=(params,)
+    )
     group = opt.param_groups[0]
     assert isinstance(opt, torch.optim.SGD) and (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 0.0)
-    sched = call_with(torch.optim.lr_scheduler.StepLR, "schedule.args", {"step_size": 2}, {"total_steps": 100, "T_max": 5}, positional=(opt,))
+    sched = call_with(
+        torch.optim.lr_scheduler.StepLR, "schedule.args", {"step_size": 2}, {"total_steps": 100, "T_max": 5}, positional=(opt,)
+    )
     assert sched.step_size == 2
 
 

@@ -95,7 +95,9 @@ def sweep(args: argparse.Namespace) -> int:
         job = Sweep.load(Path(args.resume), storage=args.storage)
     else:
         config, items = split_config_args(args.overrides)
-        job = Sweep.create(config, items, args.random, args.seed, args.name, search=args.search, trials=args.trials, storage=args.storage, prune=args.prune)
+        job = Sweep.create(
+            config, items, args.random, args.seed, args.name, search=args.search, trials=args.trials, storage=args.storage, prune=args.prune
+        )
     todo = sum(t["status"] not in ("finished", "failed", "diverged", "pruned") for t in job.trials)
     where = f"study {job.name} on {redact(args.storage)}" if args.storage else f"study {job.name} in {job.folder / JOURNAL}"
     print(f"sweep {job.folder}: {len(job.trials)} trials, {todo} to run ({where})", flush=True)
@@ -111,7 +113,10 @@ def sweep(args: argparse.Namespace) -> int:
     trials = job.trials
     left = [t["name"] for t in trials if t["status"] in ("pending", "running", "interrupted")]
     if left:
-        print(f"{len(left)} trial{'s' if len(left) > 1 else ''} not done here (running elsewhere, or retried too often): {', '.join(left)}", file=sys.stderr)
+        print(
+            f"{len(left)} trial{'s' if len(left) > 1 else ''} not done here (running elsewhere, or retried too often): {', '.join(left)}",
+            file=sys.stderr,
+        )
     failed = [t["name"] for t in trials if t["status"] == "failed"]
     if failed:
         print(f"{len(failed)} trial{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}", file=sys.stderr)

@@ -36,7 +36,9 @@ def transforms(args: argparse.Namespace) -> int:
     table = available()
     if args.name:
         if args.name not in table:
-            raise ConfigError(f"transform {args.name!r}: not in torchvision.transforms.v2{suggest(args.name, table) or '; run `trainyard transforms` for the list'}")
+            raise ConfigError(
+                f"transform {args.name!r}: not in torchvision.transforms.v2{suggest(args.name, table) or '; run `trainyard transforms` for the list'}"
+            )
         cls = table[args.name]
         print(signature(cls))
         if args.name in NOT_PER_IMAGE:

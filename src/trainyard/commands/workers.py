@@ -25,15 +25,22 @@ def tune_workers(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-seconds={args.max_seconds}: must be > 0")
     cfg = resolve(args)
 
-    print(f"measuring num_workers for data.dataset={cfg.data.dataset}, batch {cfg.loader.batch_size}, model {cfg.model.name} (about {args.max_seconds:.0f} s)", flush=True)
+    print(
+        f"measuring num_workers for data.dataset={cfg.data.dataset}, batch {cfg.loader.batch_size}, model {cfg.model.name} (about {args.max_seconds:.0f} s)",
+        flush=True,
+    )
     print(f"{'num_workers':>11}  {'loader batches/s':>16}  {'train steps/s':>13}  {'data wait':>9}  {'first batch':>11}", flush=True)
 
     def row(m: Measurement) -> None:
-        print(f"{m.num_workers:>11}  {m.batches_per_s:>16.1f}  {m.steps_per_s:>13.1f}  {m.data_wait:>9.0%}  {m.startup_s:>10.2f}s", flush=True)
+        print(
+            f"{m.num_workers:>11}  {m.batches_per_s:>16.1f}  {m.steps_per_s:>13.1f}  {m.data_wait:>9.0%}  {m.startup_s:>10.2f}s", flush=True
+        )
 
     tuning = measure_workers(cfg, args.max_seconds, report=row)
     best = tuning.best
-    print(f"model step alone: {tuning.compute_s * 1000:.1f} ms on {tuning.device} ({1 / tuning.compute_s:.1f} steps/s); {tuning.cpus} CPU(s)")
+    print(
+        f"model step alone: {tuning.compute_s * 1000:.1f} ms on {tuning.device} ({1 / tuning.compute_s:.1f} steps/s); {tuning.cpus} CPU(s)"
+    )
     if tuning.stopped_early:
         print("stopped: training throughput fell with more workers")
     for note in tuning.notes:
@@ -46,7 +53,9 @@ def tune_workers(args: argparse.Namespace) -> int:
             "more workers did not help: lighten data.train_transforms or cache decoded samples"
         )
     else:
-        print(f"data-bound: no, {best.data_wait:.0%} of training time waits for data at num_workers={best.num_workers} (threshold {DATA_BOUND:.0%})")
+        print(
+            f"data-bound: no, {best.data_wait:.0%} of training time waits for data at num_workers={best.num_workers} (threshold {DATA_BOUND:.0%})"
+        )
     stored = store_num_workers(cfg, best.num_workers)
     if stored is not None:
         print(f"stored for loader.num_workers=auto: {stored}")

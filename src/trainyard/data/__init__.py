@@ -48,9 +48,14 @@ class DataInfo:
     def facts(self) -> dict[str, Any]:
         """What a user's model constructor gets where its signature names it."""
         return {
-            "num_classes": self.num_classes, "num_outputs": self.num_outputs, "num_labels": self.num_labels,
-            "in_channels": self.in_channels, "in_features": self.in_features, "image_size": self.image_size,
-            "vocab_size": self.vocab_size, "pad_id": self.pad_id if self.vocab_size else None,
+            "num_classes": self.num_classes,
+            "num_outputs": self.num_outputs,
+            "num_labels": self.num_labels,
+            "in_channels": self.in_channels,
+            "in_features": self.in_features,
+            "image_size": self.image_size,
+            "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id if self.vocab_size else None,
         }
 
 
@@ -76,7 +81,9 @@ DATASETS.register("cifar10", "trainyard.data.vision:cifar10", "torchvision CIFAR
 DATASETS.register("cifar100", "trainyard.data.vision:cifar100", "torchvision CIFAR100")
 DATASETS.register("image_folder", "trainyard.data.vision:image_folder", "data.root/train/<class>/* (ImageFolder layout)")
 DATASETS.register("text", "trainyard.data.text:text", "CSV, TSV or JSONL text classification")
-DATASETS.register("diabetes", "trainyard.data.user:diabetes", "scikit-learn's diabetes regression set: 442 patients, 10 features (bundled, offline)")
+DATASETS.register(
+    "diabetes", "trainyard.data.user:diabetes", "scikit-learn's diabetes regression set: 442 patients, 10 features (bundled, offline)"
+)
 
 PYTHON = "python"  # data.dataset of a run whose datasets were passed to trainyard.fit()
 
@@ -91,8 +98,10 @@ def build_data(cfg: RunConfig, run_dir: Path | None = None, datasets: dict | Non
         return from_splits(cfg, datasets, "the datasets passed to trainyard.fit")
     name = cfg.data.dataset
     if name == PYTHON:
-        raise ConfigError("data.dataset=python: this run was trained from Python on datasets passed to trainyard.fit(); "
-                          "continue it the same way: trainyard.fit(..., resume=RUN_DIR)")
+        raise ConfigError(
+            "data.dataset=python: this run was trained from Python on datasets passed to trainyard.fit(); "
+            "continue it the same way: trainyard.fit(..., resume=RUN_DIR)"
+        )
     builder = DATASETS.get(name)
     if name in DATASETS:  # a built-in: takes the run config
         if run_dir is not None and "run_dir" in _params(builder):

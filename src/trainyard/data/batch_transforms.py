@@ -15,7 +15,6 @@ applies them to a (N, C, H, W) batch exactly as to each image.
 
 from __future__ import annotations
 
-import math
 from numbers import Number
 from typing import Any, Callable, Sequence
 
@@ -23,8 +22,19 @@ import torch
 import torch.nn.functional as F
 
 # v2 transforms without random parameters: applied to the whole batch as they are.
-DETERMINISTIC = ("ToDtype", "ConvertImageDtype", "Normalize", "Identity", "CenterCrop", "Pad", "Resize", "Grayscale", "RGB",
-                 "ToPureTensor", "ToImage")
+DETERMINISTIC = (
+    "ToDtype",
+    "ConvertImageDtype",
+    "Normalize",
+    "Identity",
+    "CenterCrop",
+    "Pad",
+    "Resize",
+    "Grayscale",
+    "RGB",
+    "ToPureTensor",
+    "ToImage",
+)
 
 
 def _fill_of(value: Any) -> list[float] | None:
@@ -89,8 +99,15 @@ class BatchRandomCrop:
         return x.reshape(n, c, ph * pw).gather(2, flat).view(n, c, h, w)
 
 
-def inverse_affine_matrices(angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, scale: torch.Tensor,
-                            shear_x: torch.Tensor, shear_y: torch.Tensor, center: tuple[float, float]) -> torch.Tensor:
+def inverse_affine_matrices(
+    angle: torch.Tensor,
+    tx: torch.Tensor,
+    ty: torch.Tensor,
+    scale: torch.Tensor,
+    shear_x: torch.Tensor,
+    shear_y: torch.Tensor,
+    center: tuple[float, float],
+) -> torch.Tensor:
     """(N, 2, 3) output-to-input maps, one per sample: torchvision's inverse affine matrix (angle and shears in
     degrees, translation in pixels, ``center`` relative to the image centre), computed for N parameter sets at once."""
     rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
@@ -212,8 +229,10 @@ def batch_step(step: Any) -> Callable[[torch.Tensor, torch.Generator], torch.Ten
         return BatchRandomAffine(step)
     if name == "RandomRotation":
         return BatchRandomRotation(step)
-    raise ValueError("no batched version (batched: RandomCrop, RandomHorizontalFlip, RandomVerticalFlip, RandomAffine, "
-                     "RandomRotation and steps without randomness: " + ", ".join(DETERMINISTIC) + ")")
+    raise ValueError(
+        "no batched version (batched: RandomCrop, RandomHorizontalFlip, RandomVerticalFlip, RandomAffine, "
+        "RandomRotation and steps without randomness: " + ", ".join(DETERMINISTIC) + ")"
+    )
 
 
 class BatchPipeline:
@@ -243,5 +262,14 @@ def batch_pipeline(pipeline: Any) -> BatchPipeline | str:
     return BatchPipeline(out, [type(s).__name__ for s in steps])
 
 
-__all__ = ["BatchPipeline", "BatchRandomAffine", "BatchRandomCrop", "BatchRandomFlip", "BatchRandomRotation", "apply_affine",
-           "batch_pipeline", "batch_step", "inverse_affine_matrices"]
+__all__ = [
+    "BatchPipeline",
+    "BatchRandomAffine",
+    "BatchRandomCrop",
+    "BatchRandomFlip",
+    "BatchRandomRotation",
+    "apply_affine",
+    "batch_pipeline",
+    "batch_step",
+    "inverse_affine_matrices",
+]

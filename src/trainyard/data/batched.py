@@ -75,15 +75,28 @@ class BatchedLoader:
     prefetch_factor = None
     collate_fn = None
 
-    def __init__(self, split: InMemorySplit, pipeline: BatchPipeline, *, batch_size: int, sampler: Sampler | None,
-                 drop_last: bool, device: torch.device, pin_memory: bool):
+    def __init__(
+        self,
+        split: InMemorySplit,
+        pipeline: BatchPipeline,
+        *,
+        batch_size: int,
+        sampler: Sampler | None,
+        drop_last: bool,
+        device: torch.device,
+        pin_memory: bool,
+    ):
         self.split, self.pipeline = split, pipeline
         self.batch_size, self.sampler, self.drop_last = batch_size, sampler, drop_last
         self.pin_memory = pin_memory
         self.generator = torch.Generator()  # the trainer reseeds it each epoch, as a DataLoader's
         inputs, labels, rows = split.inputs, split.labels, split.rows
         row_bytes = inputs[:1].numel() * inputs.element_size()
-        if device.type == "cuda" and torch.cuda.is_available() and fits_on(device, len(split) * row_bytes + labels.numel() * labels.element_size()):
+        if (
+            device.type == "cuda"
+            and torch.cuda.is_available()
+            and fits_on(device, len(split) * row_bytes + labels.numel() * labels.element_size())
+        ):
             if rows is not None:  # only this split's rows travel
                 inputs, labels, rows = inputs[rows], labels[rows], None
             inputs, labels = inputs.to(device), labels.to(device)
@@ -114,10 +127,10 @@ class BatchedLoader:
         # parallel kernel per small batch cost 0.3-1.7 ms on 2 shared cores, a block of them about as much).
         block = max(1, BLOCK_BYTES // max(1, bs * self.row_bytes)) * bs
         for block_start in range(0, end, block):
-            idx = order[block_start:min(block_start + block, end)]
+            idx = order[block_start : min(block_start + block, end)]
             xs, ys = self.inputs.index_select(0, idx), self.labels.index_select(0, idx)
             for start in range(0, len(idx), bs):
-                x, y = xs[start:start + bs], ys[start:start + bs]  # views of the block
+                x, y = xs[start : start + bs], ys[start : start + bs]  # views of the block
                 if augment is not None:
                     augment.manual_seed(batch_seed(epoch_seed, b))
                     x = self.pipeline(x, augment)
@@ -137,8 +150,9 @@ def fits_on(device: torch.device, nbytes: int) -> bool:
     return nbytes <= RESIDENT_FRACTION * free
 
 
-def batched_loader(dataset: Any, *, batch_size: int, sampler: Sampler | None, drop_last: bool, device: torch.device,
-                   pin_memory: bool) -> BatchedLoader | str:
+def batched_loader(
+    dataset: Any, *, batch_size: int, sampler: Sampler | None, drop_last: bool, device: torch.device, pin_memory: bool
+) -> BatchedLoader | str:
     """A BatchedLoader for ``dataset``, or one line saying why it cannot have one."""
     split = in_memory_split(dataset)
     if isinstance(split, str):

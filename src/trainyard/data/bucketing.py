@@ -24,8 +24,17 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     consecutive steps do not go from short to long texts. Bigger pools pad less and mix less.
     """
 
-    def __init__(self, inner: Sampler[int], lengths: Sequence[int], batch_size: int, *, pool_batches: int = 100,
-                 shuffle: bool = True, drop_last: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        inner: Sampler[int],
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        pool_batches: int = 100,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+    ):
         self.inner = inner
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)
         self.batch_size = batch_size
@@ -71,5 +80,7 @@ def sample_lengths(dataset) -> Sequence[int]:
     if lengths is None:
         from trainyard.errors import ConfigError
 
-        raise ConfigError(f"loader.bucket_by_length=true: the {type(dataset).__name__} training set has no sample lengths (text datasets have them)")
+        raise ConfigError(
+            f"loader.bucket_by_length=true: the {type(dataset).__name__} training set has no sample lengths (text datasets have them)"
+        )
     return lengths

@@ -127,8 +127,16 @@ def build_loader(
     check_loader_config(cfg)
     batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
     if cfg.batched is not False:
-        batched = _batched_or_reason(dataset, cfg, device=device, sampler=sampler, train=train, collate_fn=collate_fn,
-                                     batch_sampler=batch_sampler, batch_size=batch_size)
+        batched = _batched_or_reason(
+            dataset,
+            cfg,
+            device=device,
+            sampler=sampler,
+            train=train,
+            collate_fn=collate_fn,
+            batch_sampler=batch_sampler,
+            batch_size=batch_size,
+        )
         if not isinstance(batched, str):
             return batched
         if cfg.batched is True and train and _is_first_rank(sampler):
@@ -149,8 +157,17 @@ def build_loader(
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=cfg.drop_last and train, **kwargs)
 
 
-def _batched_or_reason(dataset: Dataset, cfg: LoaderConfig, *, device: torch.device, sampler: Sampler | None, train: bool,
-                       collate_fn: Callable | None, batch_sampler: Sampler | None, batch_size: int) -> BatchedLoader | str:
+def _batched_or_reason(
+    dataset: Dataset,
+    cfg: LoaderConfig,
+    *,
+    device: torch.device,
+    sampler: Sampler | None,
+    train: bool,
+    collate_fn: Callable | None,
+    batch_sampler: Sampler | None,
+    batch_size: int,
+) -> BatchedLoader | str:
     """The batched in-memory loader, or one line saying why this split takes the DataLoader."""
     if batch_sampler is not None:
         return "a batch sampler groups the batches (loader.bucket_by_length)"
@@ -161,8 +178,14 @@ def _batched_or_reason(dataset: Dataset, cfg: LoaderConfig, *, device: torch.dev
         return f"loader.collate={cfg.collate} collates samples one by one"
     if collate_fn is not None:
         return "the dataset needs its own collate function"
-    return batched_loader(dataset, batch_size=batch_size, sampler=sampler, drop_last=cfg.drop_last and train, device=device,
-                          pin_memory=resolve_pin_memory(cfg.pin_memory, device))
+    return batched_loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=cfg.drop_last and train,
+        device=device,
+        pin_memory=resolve_pin_memory(cfg.pin_memory, device),
+    )
 
 
 def _is_first_rank(sampler: Sampler | None) -> bool:

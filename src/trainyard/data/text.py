@@ -136,7 +136,9 @@ def _delimited_records(path: Path, text: str, fmt: str, d: DataConfig) -> list[R
     records = []
     for line, fields in rows:
         if len(fields) != len(names):
-            raise DataError(f"{path} line {line}: {len(fields)} fields, expected {len(names)} ({', '.join(names)}) separated by {'a tab' if fmt == 'tsv' else 'commas'}")
+            raise DataError(
+                f"{path} line {line}: {len(fields)} fields, expected {len(names)} ({', '.join(names)}) separated by {'a tab' if fmt == 'tsv' else 'commas'}"
+            )
         records.append(_record(path, line, fields[positions[d.text_field]], fields[positions[d.label_field]], d))
     return _nonempty(path, records)
 
@@ -154,7 +156,9 @@ def _jsonl_records(path: Path, text: str, d: DataConfig) -> list[Record]:
             raise DataError(f"{path} line {line}: expected a JSON object, got {type(obj).__name__}")
         for key, field in (("data.text_field", d.text_field), ("data.label_field", d.label_field)):
             if field not in obj:
-                raise DataError(f"{path} line {line}: no field {field!r} ({key}); fields are {', '.join(map(repr, obj))}{suggest(field, obj)}")
+                raise DataError(
+                    f"{path} line {line}: no field {field!r} ({key}); fields are {', '.join(map(repr, obj))}{suggest(field, obj)}"
+                )
         value = obj[d.text_field]
         if not isinstance(value, str):
             raise DataError(f"{path} line {line}: field {d.text_field!r} must be a string, got {type(value).__name__}")
@@ -261,7 +265,9 @@ def load_tokenizer(path: Path, key: str = "data.tokenizer"):
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-        raise ConfigError(f"{key}={path}: not a tokenizers tokenizer.json ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ConfigError(
+            f"{key}={path}: not a tokenizers tokenizer.json ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
 
 
 def build_tokenizer(d: DataConfig, train_texts: Sequence[str], saved: Path | None = None):
@@ -273,7 +279,9 @@ def build_tokenizer(d: DataConfig, train_texts: Sequence[str], saved: Path | Non
     else:
         path = Path(d.tokenizer)
         if not path.is_file():
-            raise ConfigError(f"data.tokenizer={d.tokenizer}: allowed values are {', '.join(TRAINED_TOKENIZERS)} or a path to a tokenizer.json (no such file){suggest(d.tokenizer, TRAINED_TOKENIZERS)}")
+            raise ConfigError(
+                f"data.tokenizer={d.tokenizer}: allowed values are {', '.join(TRAINED_TOKENIZERS)} or a path to a tokenizer.json (no such file){suggest(d.tokenizer, TRAINED_TOKENIZERS)}"
+            )
         tok = load_tokenizer(path)
     tok.no_padding()  # pad_collate pads per batch, to the longest sample only
     tok.enable_truncation(max_length=d.max_length)
@@ -350,7 +358,7 @@ def read_saved_classes(run_dir: Path | None) -> list[str] | None:
     try:
         return [str(c) for c in json.loads(path.read_text(encoding="utf-8"))["classes"]]
     except (ValueError, KeyError, TypeError):
-        raise DataError(f"{path}: not a trainyard label map (expected {{\"classes\": [...]}})") from None
+        raise DataError(f'{path}: not a trainyard label map (expected {{"classes": [...]}})') from None
 
 
 def text(cfg: RunConfig, run_dir: Path | None = None) -> DataBundle:

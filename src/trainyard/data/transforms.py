@@ -178,7 +178,9 @@ def build_one(entry: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {name}({shown}): {exc}; signature: {signature(cls)}") from None
 
 
-def build_pipeline(entries: Sequence[Any] | None, key: str, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Any:
+def build_pipeline(
+    entries: Sequence[Any] | None, key: str, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> Any:
     """Compose the listed transforms, then add what the dataset needs unless the list already does it:
     conversion to float32 in [0, 1] (before the first step that needs floats), and normalisation with
     the dataset's mean and std. ``origins`` on the result names where each step came from, for errors."""

@@ -48,7 +48,9 @@ def _target_tensor(values: list[Any], where: str) -> torch.Tensor:
             return torch.stack([torch.as_tensor(v) for v in values])
         return torch.as_tensor(values)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(f"{where}: the targets do not form one tensor (they differ in shape or type: {str(exc).splitlines()[0][:120]})") from None
+        raise DataError(
+            f"{where}: the targets do not form one tensor (they differ in shape or type: {str(exc).splitlines()[0][:120]})"
+        ) from None
 
 
 def targets_of(dataset: Any, where: str) -> torch.Tensor:
@@ -109,7 +111,9 @@ def from_splits(cfg: RunConfig, result: Any, where: str, task: Any = None) -> Da
     elif hasattr(result, "__getitem__") and hasattr(result, "__len__") and not isinstance(result, (str, bytes, list, tuple)):
         splits, classes, one = {"train": result, "val": None, "test": None}, None, True
     else:
-        raise DataError(f"{where}: returned {_describe(result)}; expected a map-style torch Dataset or a dict of splits {{'train': ..., 'val': ..., 'test': ...}}")
+        raise DataError(
+            f"{where}: returned {_describe(result)}; expected a map-style torch Dataset or a dict of splits {{'train': ..., 'val': ..., 'test': ...}}"
+        )
 
     spec = task if task is not None else cfg.task.name
     cls = type(spec) if isinstance(spec, Task) else task_class(spec)
@@ -144,12 +148,16 @@ def from_splits(cfg: RunConfig, result: Any, where: str, task: Any = None) -> Da
     exact = len(train_t) == len(train_ds)  # False when the targets were sampled: split without strata
     chosen: dict[str, tuple[Any, list[int]]] = {}
     if one and d.test_fraction > 0:
-        rest, test_rel = stratified_split(strata(train_t) if exact else torch.zeros(len(train_ds), dtype=torch.long), d.test_fraction, d.split_seed)
+        rest, test_rel = stratified_split(
+            strata(train_t) if exact else torch.zeros(len(train_ds), dtype=torch.long), d.test_fraction, d.split_seed
+        )
         chosen["test"] = (train_ds, test_rel)
         train_idx = rest
     if splits["val"] is None and d.val_fraction > 0:
         sub = train_t[train_idx] if exact else None
-        kept, val_rel = stratified_split(strata(sub) if sub is not None else torch.zeros(len(train_idx), dtype=torch.long), d.val_fraction, d.split_seed + 1)
+        kept, val_rel = stratified_split(
+            strata(sub) if sub is not None else torch.zeros(len(train_idx), dtype=torch.long), d.val_fraction, d.split_seed + 1
+        )
         chosen["val"] = (train_ds, [train_idx[i] for i in val_rel])
         train_idx = [train_idx[i] for i in kept]
     chosen["train"] = (train_ds, train_idx)

@@ -42,14 +42,30 @@ DEFAULT_TRAIN_TRANSFORMS: dict[str, list] = {
 
 # name -> (torchvision.datasets class, folder under data.root, files it must hold, where to get them)
 TORCHVISION_DATASETS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
-    "mnist": ("MNIST", "MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-              "https://ossci-datasets.s3.amazonaws.com/mnist/ (gunzip the .gz files)"),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-                      "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ (gunzip the .gz files)"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", ("data_batch_1", "...", "data_batch_5", "test_batch", "batches.meta"),
-                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (untar it into data.root)"),
-    "cifar100": ("CIFAR100", "cifar-100-python", ("train", "test", "meta"),
-                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (untar it into data.root)"),
+    "mnist": (
+        "MNIST",
+        "MNIST/raw",
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        "https://ossci-datasets.s3.amazonaws.com/mnist/ (gunzip the .gz files)",
+    ),
+    "fashion_mnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw",
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ (gunzip the .gz files)",
+    ),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        ("data_batch_1", "...", "data_batch_5", "test_batch", "batches.meta"),
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (untar it into data.root)",
+    ),
+    "cifar100": (
+        "CIFAR100",
+        "cifar-100-python",
+        ("train", "test", "meta"),
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (untar it into data.root)",
+    ),
 }
 
 # The first bytes of the image files torchvision can decode.
@@ -208,10 +224,15 @@ class ImageFiles(Dataset):
             except Exception as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if not self.skip_bad:
-                    raise DataError(f"{self.paths[index]}: cannot decode image ({reason}); fix or remove it, or set data.skip_bad_files=true") from None
+                    raise DataError(
+                        f"{self.paths[index]}: cannot decode image ({reason}); fix or remove it, or set data.skip_bad_files=true"
+                    ) from None
                 if self.paths[index] not in self.bad:
                     self.bad.add(self.paths[index])
-                    warnings.warn(f"trainyard: skipping undecodable image {self.paths[index]} ({reason}); {len(self.bad)} so far in this process", stacklevel=2)
+                    warnings.warn(
+                        f"trainyard: skipping undecodable image {self.paths[index]} ({reason}); {len(self.bad)} so far in this process",
+                        stacklevel=2,
+                    )
         raise DataError(f"no image of {len(self.paths)} could be decoded (first: {self.paths[0]})")
 
 
@@ -255,7 +276,9 @@ def _scan_folder(path: Path, cfg: RunConfig, classes: list[str] | None) -> Image
         text = str(exc)
         if text.startswith("Found no valid file for the classes"):
             empty = text.split("classes ", 1)[1].split(". ", 1)[0]
-            raise DataError(f"{path}: class folder(s) {empty} hold no images ({', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)") from None
+            raise DataError(
+                f"{path}: class folder(s) {empty} hold no images ({', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)"
+            ) from None
         raise DataError(f"{path}: no class folders ({text})") from None
     if classes is not None:
         extra = [c for c in found.classes if c not in classes]
@@ -363,7 +386,9 @@ def _assemble(cfg: RunConfig, where: str, splits: dict[str, Any], classes: list[
     mean, std = stats
     if cfg.model.pretrained and sample.shape[0] == 3:
         mean, std = IMAGENET_STATS  # what the pretrained weights were trained on
-    train_tf = build_pipeline(default_train if d.train_transforms is None else d.train_transforms, "data.train_transforms", mean=mean, std=std)
+    train_tf = build_pipeline(
+        default_train if d.train_transforms is None else d.train_transforms, "data.train_transforms", mean=mean, std=std
+    )
     eval_tf = build_pipeline(d.eval_transforms, "data.eval_transforms", mean=mean, std=std)
     shown = f"{where} ({sample.shape[0]}x{sample.shape[1]}x{sample.shape[2]} uint8)"
     train_out = check_pipeline(train_tf, sample, shown)
@@ -388,10 +413,12 @@ def _assemble(cfg: RunConfig, where: str, splits: dict[str, Any], classes: list[
         extra={"skipped_files": sum(getattr(ds, "skipped", 0) for ds in {id(ds): ds for ds, _ in chosen.values()}.values())},
     )
     views = {
-        name: TransformedSubset(ds, idx, train_tf if name == "train" else eval_tf) if idx else None
-        for name, (ds, idx) in chosen.items()
+        name: TransformedSubset(ds, idx, train_tf if name == "train" else eval_tf) if idx else None for name, (ds, idx) in chosen.items()
     }
     return DataBundle(
-        train=views["train"], val=views.get("val"), test=views.get("test"), info=info,
+        train=views["train"],
+        val=views.get("val"),
+        test=views.get("test"),
+        info=info,
         train_labels=torch.as_tensor(splits["train"][2], dtype=torch.long)[chosen["train"][1]],
     )

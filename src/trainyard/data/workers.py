@@ -65,7 +65,11 @@ def store_num_workers(cfg: RunConfig, num_workers: int) -> Path | None:
         entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if not isinstance(entries, dict):
             entries = {}
-        entries[fingerprint(cfg)] = {"num_workers": num_workers, "dataset": cfg.data.dataset, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        entries[fingerprint(cfg)] = {
+            "num_workers": num_workers,
+            "dataset": cfg.data.dataset,
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
@@ -83,4 +87,7 @@ def resolve_auto(cfg: RunConfig) -> tuple[int, str]:
     stored = stored_num_workers(cfg)
     if stored is not None:
         return stored, f"measured by trainyard tune-workers for this data on this machine ({cache_path()})"
-    return heuristic_num_workers(), f"not measured yet, so a guess (CPU count {cpu_count()} - 1, at most 4); measure it with `trainyard tune-workers`"
+    return (
+        heuristic_num_workers(),
+        f"not measured yet, so a guess (CPU count {cpu_count()} - 1, at most 4); measure it with `trainyard tune-workers`",
+    )

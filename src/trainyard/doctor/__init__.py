@@ -130,7 +130,11 @@ def run_checks(cfg: RunConfig, names: list[str] | None = None, out: TextIO | Non
     finally:
         ctx.close()
     counts = {s: sum(f.status == s for f in findings) for s in (PASS, WARN, FAIL)}
-    print(f"doctor: {counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL in {time.perf_counter() - start:.1f} s", file=out, flush=True)
+    print(
+        f"doctor: {counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL in {time.perf_counter() - start:.1f} s",
+        file=out,
+        flush=True,
+    )
     return findings
 
 

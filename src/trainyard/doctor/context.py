@@ -21,7 +21,15 @@ SAMPLE_BATCHES = 8  # real batches loaded once and shared by the checks
 
 # The layers whose behaviour depends on train/eval mode, by their public classes.
 DROPOUT_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-BATCH_NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+BATCH_NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+)
 
 
 class NotBuilt(Exception):
@@ -111,7 +119,7 @@ class Context:
 
         def build():
             info = self.data.info
-            self.task  # the task sets info.num_outputs first, as in run_process
+            _ = self.task  # the task sets info.num_outputs first, as in run_process
             seed_everything(self.cfg.seed)
             return build_model(self.cfg.model, info)
 

@@ -56,7 +56,9 @@ def _class_ids(ctx: Context, labels: torch.Tensor, sampled: bool, of: str) -> Fi
     info = ctx.data.info
     k = info.num_classes
     if k is None:
-        return fail(f"{of}, but the data gives no class count (DataInfo.num_classes is None)", "set DataInfo.num_classes in the dataset builder")
+        return fail(
+            f"{of}, but the data gives no class count (DataInfo.num_classes is None)", "set DataInfo.num_classes in the dataset builder"
+        )
     labels = labels.long()  # check_targets has ruled out fractional values
     lo, hi = int(labels.min()), int(labels.max())
     bad = int(((labels < 0) | (labels >= k)).sum())
@@ -100,10 +102,15 @@ def _binary(targets: torch.Tensor, sampled: bool, of: str) -> Finding:
     seen = f"{of} in {{0, 1}}" if hard else f"{of} in [0, 1] (soft, mean {t.mean().item():.2f})"
     seen += f": {positive} positive ({positive / n:.0%})"
     if positive in (0, n):
-        return (warn if sampled else fail)(seen, f"every target is {int(positive == n)}: the model learns one answer; check the labels and the split")
+        return (warn if sampled else fail)(
+            seen, f"every target is {int(positive == n)}: the model learns one answer; check the labels and the split"
+        )
     ratio = max(positive, n - positive) / min(positive, n - positive)
     if ratio >= IMBALANCE_WARN:
-        return warn(seen + f" (imbalance {ratio:.0f}x)", "accuracy flatters the majority: watch f1, or set task.loss_args={pos_weight: ...} (a tensor of negatives/positives)")
+        return warn(
+            seen + f" (imbalance {ratio:.0f}x)",
+            "accuracy flatters the majority: watch f1, or set task.loss_args={pos_weight: ...} (a tensor of negatives/positives)",
+        )
     return ok(seen)
 
 
@@ -114,17 +121,32 @@ def _label_vectors(ctx: Context, targets: torch.Tensor, sampled: bool, of: str) 
     rate = t.mean(0)
     never = [names[i] for i in range(width) if rate[i] == 0]
     always = [names[i] for i in range(width) if rate[i] == 1]
-    seen = f"{width} labels in {of}, positive rate {rate.min().item():.0%}..{rate.max().item():.0%} per label (mean {rate.mean().item():.0%})"
+    seen = (
+        f"{width} labels in {of}, positive rate {rate.min().item():.0%}..{rate.max().item():.0%} per label (mean {rate.mean().item():.0%})"
+    )
     findings: list[Finding] = []
     if never:
-        findings.append((warn if sampled else fail)(f"{len(never)} of {width} labels are never positive in training: {_listed(never)}", "the model learns to never predict them; check the label columns and the split"))
+        findings.append(
+            (warn if sampled else fail)(
+                f"{len(never)} of {width} labels are never positive in training: {_listed(never)}",
+                "the model learns to never predict them; check the label columns and the split",
+            )
+        )
     if always:
-        findings.append((warn if sampled else fail)(f"{len(always)} of {width} labels are positive in every training sample: {_listed(always)}", "they carry no information; check the label columns or drop them"))
+        findings.append(
+            (warn if sampled else fail)(
+                f"{len(always)} of {width} labels are positive in every training sample: {_listed(always)}",
+                "they carry no information; check the label columns or drop them",
+            )
+        )
     if findings:
         return merge([Finding(PASS, seen)] + findings)
     rare = [names[i] for i in range(width) if min(rate[i], 1 - rate[i]) * (1 + IMBALANCE_WARN) <= 1]
     if rare:
-        return warn(seen + f": {len(rare)} labels are rare or near-constant ({_listed(rare)})", "watch per-label metrics (f1_macro), or set task.loss_args={pos_weight: ...}")
+        return warn(
+            seen + f": {len(rare)} labels are rare or near-constant ({_listed(rare)})",
+            "watch per-label metrics (f1_macro), or set task.loss_args={pos_weight: ...}",
+        )
     return ok(seen)
 
 
@@ -142,7 +164,10 @@ def _values(targets: torch.Tensor, of: str) -> Finding:
     scale = max(abs(mean), per_dim.max().item())
     if scale > TARGET_SCALE_WARN or per_dim.min().item() < 1 / TARGET_SCALE_WARN:
         how = f"(y - {mean:.3g}) / {std:.3g}" if t.shape[1] == 1 else "each dimension by its training mean and std"
-        return warn(seen + ": far from scale 1", f"standardise the targets in the dataset ({how}): the loss and the head's initial outputs then start near 1")
+        return warn(
+            seen + ": far from scale 1",
+            f"standardise the targets in the dataset ({how}): the loss and the head's initial outputs then start near 1",
+        )
     return ok(seen)
 
 
@@ -165,11 +190,18 @@ def inputs(ctx: Context) -> Finding:
     if abs(mean) <= 0.5 and 0.5 <= std <= 2.0:
         return ok(seen + " (normalised)")
     if std < 1e-6:
-        return fail(seen + ": every input value is the same", "the transforms erase the signal (a Normalize with a huge std? an all-black image?)")
+        return fail(
+            seen + ": every input value is the same", "the transforms erase the signal (a Normalize with a huge std? an all-black image?)"
+        )
     if hi > 2.0 and lo >= 0.0:
-        return warn(seen + ": not scaled (raw 0..255 pixels?)", "convert with ToDtype(float32, scale=True) and add Normalize(mean, std) in data.train_transforms / data.eval_transforms")
+        return warn(
+            seen + ": not scaled (raw 0..255 pixels?)",
+            "convert with ToDtype(float32, scale=True) and add Normalize(mean, std) in data.train_transforms / data.eval_transforms",
+        )
     if lo >= 0.0 and hi <= 1.0:
-        return warn(seen + ": scaled to [0, 1] but not normalised", "add Normalize(mean, std) (or leave it, if the model expects [0, 1] inputs)")
+        return warn(
+            seen + ": scaled to [0, 1] but not normalised", "add Normalize(mean, std) (or leave it, if the model expects [0, 1] inputs)"
+        )
     if ctx.data.info.kind == "features":  # vectors from the user's dataset: no transforms to add Normalize to
         return warn(seen + ": far from mean 0, std 1", "standardise each feature with the training split's mean and std in the dataset")
     return warn(seen + ": far from mean 0, std 1", "normalise with the training split's mean and std (Normalize in the transforms)")
@@ -184,9 +216,17 @@ def loader(ctx: Context) -> Finding:
     workers, cpus = resolve_auto(cfg)[0], cpu_count()
     findings: list[Finding] = []
     if workers > cpus:
-        findings.append(warn(f"loader.num_workers={workers} on {cpus} CPUs", "more workers than cores only adds contention: run `trainyard tune-workers`"))
+        findings.append(
+            warn(
+                f"loader.num_workers={workers} on {cpus} CPUs", "more workers than cores only adds contention: run `trainyard tune-workers`"
+            )
+        )
     if cfg.loader.pin_memory is True and device.type != "cuda":
-        findings.append(warn(f"loader.pin_memory=true on {device.type}", "pinning helps only CUDA copies and costs time here: set loader.pin_memory=auto"))
+        findings.append(
+            warn(
+                f"loader.pin_memory=true on {device.type}", "pinning helps only CUDA copies and costs time here: set loader.pin_memory=auto"
+            )
+        )
 
     ctx.seed()
     step = train_step(cfg, ctx.fresh_model(), device, ctx.loss_fn)
@@ -223,9 +263,19 @@ def sampler(ctx: Context) -> Finding:
     calls = trainer_set_epoch_calls(ctx)
     findings: list[Finding] = []
     if calls[:2] != [0, 1]:
-        findings.append(fail(f"the trainer called set_epoch with {calls} over epochs 0 and 1", "the training loop must call sampler.set_epoch(epoch) before each epoch"))
+        findings.append(
+            fail(
+                f"the trainer called set_epoch with {calls} over epochs 0 and 1",
+                "the training loop must call sampler.set_epoch(epoch) before each epoch",
+            )
+        )
     if name != "ddp":
-        findings.insert(0, ok(f"one data stream (parallel.strategy={name}): batch {batch} x accumulate {accumulate} = {batch * accumulate} samples per optimizer step; the trainer calls set_epoch each epoch"))
+        findings.insert(
+            0,
+            ok(
+                f"one data stream (parallel.strategy={name}): batch {batch} x accumulate {accumulate} = {batch * accumulate} samples per optimizer step; the trainer calls set_epoch each epoch"
+            ),
+        )
         return merge(findings)
 
     cls = strategy_class(name)
@@ -234,14 +284,27 @@ def sampler(ctx: Context) -> Finding:
         from trainyard.parallel import STRATEGIES, Strategy
 
         cls = Strategy
-        findings.append(warn(f"parallel.strategy={name} is not registered in this trainyard (have: {', '.join(STRATEGIES)}); checked the default Strategy.train_sampler", "install a trainyard with the ddp strategy"))
+        findings.append(
+            warn(
+                f"parallel.strategy={name} is not registered in this trainyard (have: {', '.join(STRATEGIES)}); checked the default Strategy.train_sampler",
+                "install a trainyard with the ddp strategy",
+            )
+        )
     shares, orders = [], []
     for rank in range(replicas):
         s = cls(cfg)  # constructing starts nothing; launch() and setup() do
         s.rank, s.local_rank, s.world_size = rank, rank, replicas
         smp = s.train_sampler(ctx.data.train, shuffle=cfg.loader.shuffle, seed=cfg.seed)
         if not hasattr(smp, "set_epoch"):
-            return merge(findings + [fail(f"the ddp training sampler ({type(smp).__name__}) has no set_epoch: every epoch repeats one order", "use a DistributedSampler (Strategy.train_sampler does)")])
+            return merge(
+                findings
+                + [
+                    fail(
+                        f"the ddp training sampler ({type(smp).__name__}) has no set_epoch: every epoch repeats one order",
+                        "use a DistributedSampler (Strategy.train_sampler does)",
+                    )
+                ]
+            )
         smp.set_epoch(0)
         first = list(smp)
         smp.set_epoch(1)
@@ -252,16 +315,27 @@ def sampler(ctx: Context) -> Finding:
     overlap = len(seen_all) - len(set(seen_all))
     padding = -n % replicas
     if overlap > padding:
-        return merge(findings + [fail(f"{replicas} ranks share {overlap} training samples per epoch (DistributedSampler pads only {padding})", "each rank must get its own shard: DistributedSampler(num_replicas=world_size, rank=rank)")])
+        return merge(
+            findings
+            + [
+                fail(
+                    f"{replicas} ranks share {overlap} training samples per epoch (DistributedSampler pads only {padding})",
+                    "each rank must get its own shard: DistributedSampler(num_replicas=world_size, rank=rank)",
+                )
+            ]
+        )
     if len(set(seen_all)) < n:
         findings.append(fail(f"{n - len(set(seen_all))} of {n} training samples reach no rank", "the shards must cover the dataset"))
     if cfg.loader.shuffle and all(a == b for a, b in orders):
         findings.append(fail("set_epoch(1) gives the same order as epoch 0", "the sampler must reshuffle per epoch (seed + epoch)"))
     where = f"{replicas} ranks" + ("" if world else " (parallel.devices=auto: the count is decided at launch; 2 simulated)")
-    findings.insert(0, ok(
-        f"ddp over {where}: each rank gets {len(shares[0])} of {n} samples, disjoint, reshuffled by set_epoch, which the trainer calls each epoch; "
-        f"batch {batch} per rank x {replicas} ranks x accumulate {accumulate} = {batch * replicas * accumulate} samples per optimizer step"
-    ))
+    findings.insert(
+        0,
+        ok(
+            f"ddp over {where}: each rank gets {len(shares[0])} of {n} samples, disjoint, reshuffled by set_epoch, which the trainer calls each epoch; "
+            f"batch {batch} per rank x {replicas} ranks x accumulate {accumulate} = {batch * replicas * accumulate} samples per optimizer step"
+        ),
+    )
     return merge(findings)
 
 
@@ -298,18 +372,27 @@ def batches(ctx: Context) -> Finding:
     full, rest = divmod(per_rank, b)
     if drop:
         if full == 0:
-            return fail(f"loader.batch_size={b} > {where} with loader.drop_last=true: an epoch has no batch", "lower loader.batch_size or set loader.drop_last=false")
+            return fail(
+                f"loader.batch_size={b} > {where} with loader.drop_last=true: an epoch has no batch",
+                "lower loader.batch_size or set loader.drop_last=false",
+            )
         share = rest / per_rank
         seen = f"{where}, batch {b}: {full} batches; drop_last drops {rest} samples ({share:.1%}) every epoch"
         if share >= DROP_WARN_FRACTION:
             return warn(seen, f"pick a batch size that divides {per_rank} more evenly, or set loader.drop_last=false")
         return ok(seen)
     if full == 0:
-        return warn(f"loader.batch_size={b} > {where}: an epoch is one partial batch of {per_rank}", "lower loader.batch_size (one step per epoch trains slowly)")
+        return warn(
+            f"loader.batch_size={b} > {where}: an epoch is one partial batch of {per_rank}",
+            "lower loader.batch_size (one step per epoch trains slowly)",
+        )
     seen = f"{where}, batch {b}: {full} full batches" + (f" + one of {rest}" if rest else "") + " (drop_last=false: nothing dropped)"
     norms = [m for m in ctx.model.modules() if isinstance(m, BATCH_NORM_LAYERS)]
     if rest == 1 and norms:
-        return warn(seen + ": the last batch holds 1 sample and the model has batch norm", "set loader.drop_last=true (batch norm cannot normalise one sample)")
+        return warn(
+            seen + ": the last batch holds 1 sample and the model has batch norm",
+            "set loader.drop_last=true (batch norm cannot normalise one sample)",
+        )
     return ok(seen)
 
 
@@ -341,10 +424,13 @@ def duplicates(ctx: Context) -> Finding:
         if dup:
             share = dup / max(checked, 1)
             make = fail if share >= 0.5 else warn
-            findings.append(make(
-                f"{dup} of {checked} {name} samples ({share:.0%}) also occur in training",
-                f"deduplicate before splitting: they inflate {name} metrics" + ("; is the split built from the training data?" if share >= 0.5 else ""),
-            ))
+            findings.append(
+                make(
+                    f"{dup} of {checked} {name} samples ({share:.0%}) also occur in training",
+                    f"deduplicate before splitting: they inflate {name} metrics"
+                    + ("; is the split built from the training data?" if share >= 0.5 else ""),
+                )
+            )
     note = " (hashed within the time budget, not all samples)" if partial else ""
     if not findings:
         return ok(f"no training sample repeats in {' or '.join(parts)} samples (content hashes of the raw inputs){note}")

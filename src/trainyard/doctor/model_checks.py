@@ -35,22 +35,33 @@ def forward(ctx: Context) -> Finding:
     task = ctx.task
     model = ctx.fresh_model()
     info = ctx.data.info
-    expects = f"data gives in_channels={info.in_channels}, image_size={info.image_size}" if info.kind == "image" else f"data kind {info.kind}"
+    expects = (
+        f"data gives in_channels={info.in_channels}, image_size={info.image_size}" if info.kind == "image" else f"data kind {info.kind}"
+    )
     try:
         with torch.no_grad():
             out = model(x)
     except Exception as exc:  # noqa: BLE001
         text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-        return fail(f"the model fails on a real batch {describe(x)}: {type(exc).__name__}: {text}", f"make the model's input layer match the batch ({expects}, model.name={ctx.cfg.model.name})")
+        return fail(
+            f"the model fails on a real batch {describe(x)}: {type(exc).__name__}: {text}",
+            f"make the model's input layer match the batch ({expects}, model.name={ctx.cfg.model.name})",
+        )
     logits, own = output_logits(out), output_loss(out)
     if logits is None and own is None:
-        return fail(f"batch {describe(x)} -> {describe(out)}: no predictions and no loss in the output", "return a tensor of predictions, or a dict with 'logits' (and 'loss' if the model computes its own)")
+        return fail(
+            f"batch {describe(x)} -> {describe(out)}: no predictions and no loss in the output",
+            "return a tensor of predictions, or a dict with 'logits' (and 'loss' if the model computes its own)",
+        )
     if logits is not None:
         why = task.check_output(logits, y)
         if why:
             width = task.num_outputs()
             head = f"{width} per sample" if width is not None else "what the targets need"
-            return fail(f"batch {describe(x)} -> {why}", f"make the model's last layer output {head} (task.name={ctx.cfg.task.name}; a model built by name gets it as num_outputs)")
+            return fail(
+                f"batch {describe(x)} -> {why}",
+                f"make the model's last layer output {head} (task.name={ctx.cfg.task.name}; a model built by name gets it as num_outputs)",
+            )
     loss = ctx.loss(out, y).item()
     got = f"{'logits' if task.targets != 'value' else 'predictions'} {tuple(logits.shape)}" if logits is not None else "its own loss"
     seen = f"batch {describe(x)} -> {got}; initial loss {loss:.4g}"
@@ -64,8 +75,14 @@ def forward(ctx: Context) -> Finding:
     regression = task.targets == "value"
     if value > 0 and loss > (INIT_LOSS_WARN_REGRESSION if regression else INIT_LOSS_WARN) * value:
         if regression:
-            return warn(seen + ": far above predicting the mean", "the initial predictions are far off the targets' scale: standardise the targets (see the labels check)")
-        return warn(seen + ": far above chance", "confidently wrong at initialisation: scale down the last layer's initial weights, check the input scale")
+            return warn(
+                seen + ": far above predicting the mean",
+                "the initial predictions are far off the targets' scale: standardise the targets (see the labels check)",
+            )
+        return warn(
+            seen + ": far above chance",
+            "confidently wrong at initialisation: scale down the last layer's initial weights, check the input scale",
+        )
     return ok(seen)
 
 
@@ -125,7 +142,10 @@ def overfit(ctx: Context) -> Finding:
         loss = ctx.loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         if not loss.requires_grad:
-            return fail("the loss has no graph (requires_grad=False): nothing can train", "the forward pass is detached: look for .detach(), .item(), .data, .numpy() or torch.no_grad() in the model")
+            return fail(
+                "the loss has no graph (requires_grad=False): nothing can train",
+                "the forward pass is detached: look for .detach(), .item(), .data, .numpy() or torch.no_grad() in the model",
+            )
         loss.backward()
         if step == 0:
             no_grad, _, names, _ = _grads(model)
@@ -142,7 +162,9 @@ def overfit(ctx: Context) -> Finding:
         return ok(seen)
     causes = []
     if no_grad:
-        causes.append("no parameter gets a gradient: the graph is detached (.detach(), .data, torch.no_grad in forward) or the model is frozen")
+        causes.append(
+            "no parameter gets a gradient: the graph is detached (.detach(), .data, torch.no_grad in forward) or the model is frozen"
+        )
     if not math.isfinite(losses[-1]):
         seen = f"one batch of {len(y)}, optim.lr={fmt(cfg.optim.lr)}: loss {first:.3f} -> {losses[-1]} at step {len(losses)}"
         causes.append(f"the loss blew up: optim.lr={fmt(cfg.optim.lr)} is too high (see the lr check)")
@@ -178,11 +200,26 @@ def gradients(ctx: Context) -> Finding:
     if none:
         seen = f"{len(none)} of {len(trainable)} trainable tensors get no gradient: {_shown(none)}"
         if ddp and not ctx.cfg.parallel.find_unused_parameters:
-            findings.append(fail(seen, "under ddp this stops the run at the first step's reduction: set parallel.find_unused_parameters=true, or freeze/remove them"))
+            findings.append(
+                fail(
+                    seen,
+                    "under ddp this stops the run at the first step's reduction: set parallel.find_unused_parameters=true, or freeze/remove them",
+                )
+            )
         else:
-            findings.append(warn(seen, "an unused branch or a detached path: remove them or freeze them (requires_grad=False); under ddp they need parallel.find_unused_parameters=true"))
+            findings.append(
+                warn(
+                    seen,
+                    "an unused branch or a detached path: remove them or freeze them (requires_grad=False); under ddp they need parallel.find_unused_parameters=true",
+                )
+            )
     if zero:
-        findings.append(warn(f"{len(zero)} trainable tensors get an all-zero gradient: {_shown(zero)}", "dead ReLUs, a zero-initialised layer behind them, or a multiplication by zero"))
+        findings.append(
+            warn(
+                f"{len(zero)} trainable tensors get an all-zero gradient: {_shown(zero)}",
+                "dead ReLUs, a zero-initialised layer behind them, or a multiplication by zero",
+            )
+        )
     if not findings:
         extra = f"; {frozen} frozen tensors" if frozen else ""
         return ok(f"all {len(trainable)} trainable tensors ({numel:,} parameters) get a non-zero gradient{extra}")
@@ -207,10 +244,20 @@ def modes(ctx: Context) -> Finding:
     if e1 is None:
         return fail("the model's output holds no predictions and no loss to compare between modes", "see the forward check")
     if not torch.allclose(e1, e2):
-        findings.append(fail("eval mode gives different outputs for the same batch", "a layer stays random in eval mode: F.dropout(x, p) needs training=self.training, or use nn.Dropout"))
+        findings.append(
+            fail(
+                "eval mode gives different outputs for the same batch",
+                "a layer stays random in eval mode: F.dropout(x, p) needs training=self.training, or use nn.Dropout",
+            )
+        )
     differs = not torch.allclose(e1, t, rtol=1e-4, atol=1e-5)
     if layers and not differs:
-        findings.append(warn(f"the model has {', '.join(kinds)}, but train and eval mode give the same outputs", "the mode does not reach those layers: does a module override train()/eval(), or hold layers in a plain list instead of nn.ModuleList?"))
+        findings.append(
+            warn(
+                f"the model has {', '.join(kinds)}, but train and eval mode give the same outputs",
+                "the mode does not reach those layers: does a module override train()/eval(), or hold layers in a plain list instead of nn.ModuleList?",
+            )
+        )
 
     # The engine's evaluate() must run every mode-dependent layer in eval mode and restore training mode.
     seen_training: list[bool] = []
@@ -222,11 +269,25 @@ def modes(ctx: Context) -> Finding:
         for h in hooks:
             h.remove()
     if any(seen_training):
-        findings.append(fail(f"during evaluation {sum(seen_training)} of {len(seen_training)} {', '.join(kinds)} layers ran in training mode", "model.eval() does not reach them: a method named train or eval overrides nn.Module's?"))
+        findings.append(
+            fail(
+                f"during evaluation {sum(seen_training)} of {len(seen_training)} {', '.join(kinds)} layers ran in training mode",
+                "model.eval() does not reach them: a method named train or eval overrides nn.Module's?",
+            )
+        )
     if not model.training:
-        findings.append(fail("the model stays in eval mode after evaluation", "model.train() does not take effect: a method named train overrides nn.Module.train?"))
+        findings.append(
+            fail(
+                "the model stays in eval mode after evaluation",
+                "model.train() does not take effect: a method named train overrides nn.Module.train?",
+            )
+        )
     if not findings:
-        what = f"{', '.join(kinds)}: train and eval outputs differ as they should" if layers else "no dropout or batch norm: the modes give the same outputs"
+        what = (
+            f"{', '.join(kinds)}: train and eval outputs differ as they should"
+            if layers
+            else "no dropout or batch norm: the modes give the same outputs"
+        )
         return ok(f"{what}; eval mode is deterministic; evaluation runs in eval mode and training resumes in train mode")
     return merge(findings)
 
@@ -278,14 +339,21 @@ def lr_range(ctx: Context) -> Finding:
     low_i = min(range(len(curve)), key=curve.__getitem__)
     min_lr = rates[low_i]
     if curve[low_i] > 0.9 * curve[0]:
-        return warn(f"the loss hardly fell at any learning rate in [{fmt(lo)}, {fmt(rates[-1])}] ({curve[0]:.3f} -> {curve[low_i]:.3f})", "see the overfit and gradients checks")
+        return warn(
+            f"the loss hardly fell at any learning rate in [{fmt(lo)}, {fmt(rates[-1])}] ({curve[0]:.3f} -> {curve[low_i]:.3f})",
+            "see the overfit and gradients checks",
+        )
     suggested = min_lr / 10
-    span = f"loss falls up to lr ~{fmt(min_lr)}" + (f", diverges from ~{fmt(diverged_at)}" if diverged_at else f", still falling at {fmt(rates[-1])}")
+    span = f"loss falls up to lr ~{fmt(min_lr)}" + (
+        f", diverges from ~{fmt(diverged_at)}" if diverged_at else f", still falling at {fmt(rates[-1])}"
+    )
     seen = f"optim.lr={fmt(lr)}; range test over {len(curve)} steps: {span}; suggested ~{fmt(suggested)}"
     if diverged_at is not None and lr >= diverged_at:
         return fail(seen + ": the configured rate is past the point where training diverges", f"set optim.lr={fmt(suggested)}")
     if lr > min_lr:
         return warn(seen + ": the configured rate is above where the loss stops falling", f"try optim.lr={fmt(suggested)}")
     if lr < suggested / 10:
-        return warn(seen + f": the configured rate is {suggested / lr:.0f}x below the suggestion (slow training)", f"try optim.lr={fmt(suggested)}")
+        return warn(
+            seen + f": the configured rate is {suggested / lr:.0f}x below the suggestion (slow training)", f"try optim.lr={fmt(suggested)}"
+        )
     return ok(seen)

@@ -38,7 +38,10 @@ def run_folder(ctx: Context) -> Finding:
     cfg = ctx.cfg
     root = Path(cfg.track.root)
     if cfg.name is not None and (root / cfg.name).exists():
-        return fail(f"run folder {root / cfg.name} already exists", f"pick another name=..., or continue it with `trainyard train --resume {root / cfg.name}`")
+        return fail(
+            f"run folder {root / cfg.name} already exists",
+            f"pick another name=..., or continue it with `trainyard train --resume {root / cfg.name}`",
+        )
     existing = nearest_existing(root)
     if not existing.is_dir():
         return fail(f"track.root={cfg.track.root}: {existing} is a file, not a folder", "point track.root at a folder")
@@ -47,7 +50,9 @@ def run_folder(ctx: Context) -> Finding:
         (probe / "probe").write_bytes(b"x")
         shutil.rmtree(probe)
     except OSError as exc:
-        return fail(f"track.root={cfg.track.root}: cannot write in {existing} ({exc.strerror or exc})", "point track.root at a writable folder")
+        return fail(
+            f"track.root={cfg.track.root}: cannot write in {existing} ({exc.strerror or exc})", "point track.root at a writable folder"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         return fail(f"track.root={cfg.track.root}: {existing} is not writable", "point track.root at a writable folder")
     size = checkpoint_bytes(ctx)

@@ -75,7 +75,9 @@ def config_from(config: Any = None, name: str | None = None, base: Path | None =
             set_dotted(raw, *parse_override(item))
         cfg = from_dict(raw)
     else:
-        raise ConfigError(f"trainyard.fit(config=...): {type(config).__name__}; give a dict, a list of key=value strings, a YAML path or a RunConfig")
+        raise ConfigError(
+            f"trainyard.fit(config=...): {type(config).__name__}; give a dict, a list of key=value strings, a YAML path or a RunConfig"
+        )
     if name is not None:
         cfg.name = name
     return cfg
@@ -101,9 +103,10 @@ def _name_of(obj: Any, default: str = "python") -> str:
 
 def _check_picklable(parts: Any, strategy: str) -> None:
     """Spawned processes get pickled copies: say which part cannot be pickled, and why, before any process starts."""
-    import __main__
     import pickle
     from multiprocessing.reduction import ForkingPickler
+
+    import __main__
 
     interactive = not hasattr(__main__, "__file__")
     for field_name in ("model", "datasets", "task", "loss", "metrics", "optimizer", "scheduler", "callbacks"):
@@ -127,7 +130,10 @@ def _check_picklable(parts: Any, strategy: str) -> None:
 
 def _defined_in_main(value: Any) -> bool:
     items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else [value]
-    return any(getattr(v if isinstance(v, type) else type(v), "__module__", "") == "__main__" or getattr(v, "__module__", "") == "__main__" for v in items)
+    return any(
+        getattr(v if isinstance(v, type) else type(v), "__module__", "") == "__main__" or getattr(v, "__module__", "") == "__main__"
+        for v in items
+    )
 
 
 def fit(
@@ -165,7 +171,8 @@ def fit(
     ``single``; under ``ddp``/``pipeline`` the processes train copies: ``trainyard.load(result.run_dir)``.
     """
     from trainyard.data import PYTHON
-    from trainyard.engine.run import UserParts, train as run_training
+    from trainyard.engine.run import UserParts
+    from trainyard.engine.run import train as run_training
     from trainyard.track.rundir import fresh_name, read_status
 
     if resume is not None:
@@ -217,8 +224,14 @@ def fit(
     elif scheduler is not None:
         cfg.schedule.name = _name_of(scheduler)
     parts = UserParts(
-        model=parts_model, datasets=datasets, task=None if isinstance(task, str) else task, loss=loss, metrics=metrics,
-        optimizer=optimizer, scheduler=scheduler, callbacks=list(callbacks or []),
+        model=parts_model,
+        datasets=datasets,
+        task=None if isinstance(task, str) else task,
+        loss=loss,
+        metrics=metrics,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        callbacks=list(callbacks or []),
     )
     parts.collate_fn = collate_fn
     if resume is None and cfg.name is None:
@@ -257,12 +270,21 @@ def load(run: str | Path, which: str = "best", model: nn.Module | None = None, m
     if model is None:
         cfg = from_dict(state["config"])
         if "data_info" not in state:
-            raise CheckpointError(f"checkpoint {path}: written before trainyard kept the data's facts; pass model= to load the weights into")
-        info = DataInfo(**{k: tuple(v) if isinstance(v, list) and k in ("image_size", "mean", "std", "target_shape") else v for k, v in state["data_info"].items()})
+            raise CheckpointError(
+                f"checkpoint {path}: written before trainyard kept the data's facts; pass model= to load the weights into"
+            )
+        info = DataInfo(
+            **{
+                k: tuple(v) if isinstance(v, list) and k in ("image_size", "mean", "std", "target_shape") else v
+                for k, v in state["data_info"].items()
+            }
+        )
         try:
             model = build_model(cfg.model, info)
         except ConfigError as exc:
-            raise ConfigError(f"trainyard.load({str(run)!r}): cannot rebuild the model from its config ({exc}); pass model=<a fresh instance> to load the weights into") from None
+            raise ConfigError(
+                f"trainyard.load({str(run)!r}): cannot rebuild the model from its config ({exc}); pass model=<a fresh instance> to load the weights into"
+            ) from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

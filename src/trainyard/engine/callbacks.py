@@ -69,7 +69,9 @@ def check_callback(cb: Any, where: str, unbound: bool = False) -> None:
         try:
             inspect.signature(method).bind(*([None] * (len(args) + 1 + unbound)))
         except TypeError:
-            raise ConfigError(f"{where}: {cls.__name__}.{hook}{inspect.signature(method)} must take (trainer{''.join(', ' + a for a in args)})") from None
+            raise ConfigError(
+                f"{where}: {cls.__name__}.{hook}{inspect.signature(method)} must take (trainer{''.join(', ' + a for a in args)})"
+            ) from None
         except ValueError:
             continue  # no signature to read (a builtin): trust it
 
@@ -111,7 +113,9 @@ class FirstBatchPictures(Callback):
             from trainyard.track.figures import image_grid, samples_figure
 
             tracker.log_image("data/train_batch", image_grid(x[:64], info.mean, info.std), trainer.step)
-            if isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point() and info.classes:  # what `trainyard preview` writes
+            if (
+                isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point() and info.classes
+            ):  # what `trainyard preview` writes
                 tracker.log_image("data/train_samples", samples_figure(x[:32], y[:32], info.classes, info.mean, info.std), trainer.step)
 
 
@@ -151,7 +155,8 @@ class DataWaitWarning(Callback):
             f"trainyard: warning: data-bound: the steps of epoch {trainer.epoch} waited for batches {wait:.1f} s of its "
             f"{wait / max(fraction, 1e-9):.1f} s of training ({fraction:.0%}, loader.num_workers={lc.num_workers}); "
             f"fix: {data_wait_fix(trainer.cfg, lc.num_workers, pin, sys.argv if self.argv is None else self.argv, trainer.run_dir)}",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
 
@@ -223,9 +228,19 @@ class Every:
         return True
 
 
-def progress_text(step: int, total_steps: int, epoch: int, epochs: int, batch: int, batches: int,
-                  samples_per_s: float | None, eta_epoch_s: float | None, eta_run_s: float | None,
-                  loss: float | None = None, loss_when: str | None = None) -> str:
+def progress_text(
+    step: int,
+    total_steps: int,
+    epoch: int,
+    epochs: int,
+    batch: int,
+    batches: int,
+    samples_per_s: float | None,
+    eta_epoch_s: float | None,
+    eta_run_s: float | None,
+    loss: float | None = None,
+    loss_when: str | None = None,
+) -> str:
     """One plain progress line: ``step 1200/9000  epoch 3/30 41%  412 samples/s  eta epoch 1m10s, run 25m03s  loss 0.4123 (step 1150)``;
     ``loss_when`` says where the loss was read (``step 1150``, ``epoch 2 mean``)."""
     parts = [f"step {step}/{total_steps}", f"epoch {epoch}/{epochs} {batch / max(batches, 1):.0%}"]
@@ -302,7 +317,9 @@ class ProgressLines(Callback):
             eta_epoch = max(per_epoch - in_epoch, 0) * (now - self.epoch_start) / done_epoch
             eta_run = max(total - step, 0) * (now - self.run_start) / done_run
         loss, when = last_synced_loss(trainer)
-        return progress_text(step, total, trainer.epoch + 1, t.epochs, trainer.batch_in_epoch, batches, rate, eta_epoch, eta_run, loss, when)
+        return progress_text(
+            step, total, trainer.epoch + 1, t.epochs, trainer.batch_in_epoch, batches, rate, eta_epoch, eta_run, loss, when
+        )
 
 
 def last_synced_loss(trainer: Any) -> tuple[float | None, str | None]:
@@ -336,8 +353,10 @@ def augmentation_text(dataset: str, transforms: list) -> str:
 
 def small_stem_text(name: str, image_size: Any) -> str:
     size = "x".join(map(str, image_size)) if image_size else "small"
-    return (f"model.small_stem=auto -> on: {name} at {size} gets a 3x3 stride-1 stem without max-pooling "
-            f"(16x the compute of the ImageNet stem at 32x32; model.small_stem=false keeps it)")
+    return (
+        f"model.small_stem=auto -> on: {name} at {size} gets a 3x3 stride-1 stem without max-pooling "
+        f"(16x the compute of the ImageNet stem at 32x32; model.small_stem=false keeps it)"
+    )
 
 
 def start_notes(trainer: Any) -> list[str]:
@@ -346,7 +365,12 @@ def start_notes(trainer: Any) -> list[str]:
     cfg, notes = trainer.cfg, []
     plain = trainer.strategy.unwrap(trainer.model)
     conv, pool = getattr(plain, "conv1", None), getattr(plain, "maxpool", None)
-    if cfg.model.small_stem == "auto" and conv is not None and getattr(conv, "stride", None) == (1, 1) and isinstance(pool, torch.nn.Identity):
+    if (
+        cfg.model.small_stem == "auto"
+        and conv is not None
+        and getattr(conv, "stride", None) == (1, 1)
+        and isinstance(pool, torch.nn.Identity)
+    ):
         notes.append(small_stem_text(cfg.model.name, getattr(trainer.data.info, "image_size", None)))
     if cfg.data.dataset in HELD_OUT_OF_TRAIN:
         if trainer.data.val is not None and len(trainer.data.val) and cfg.data.val_fraction > 0:
@@ -378,7 +402,9 @@ CALLBACKS = Registry("callback", "callbacks")
 CALLBACKS.register("first_batch_pictures", FirstBatchPictures, "graph, watch and image grids of the first batch (always on)")
 CALLBACKS.register("histograms", Histograms, "weight/gradient histograms every trainer.histogram_every epochs (always on)")
 CALLBACKS.register("data_wait", DataWaitWarning, "one warning when an epoch is data-bound (always on)")
-CALLBACKS.register("progress_lines", ProgressLines, "a plain progress line every trainer.progress_every_s when stdout is not a terminal (always on)")
+CALLBACKS.register(
+    "progress_lines", ProgressLines, "a plain progress line every trainer.progress_every_s when stdout is not a terminal (always on)"
+)
 CALLBACKS.register("start_notes", StartNotes, "one line each at the start for what the run chose on its own (always on)")
 BUILT_IN = ("first_batch_pictures", "histograms", "data_wait", "progress_lines", "start_notes")
 
@@ -393,7 +419,7 @@ def build_callbacks(specs: list, given: list | None = None, *, construct: bool =
         if isinstance(spec, dict):
             if len(spec) != 1:
                 raise ConfigError(f"{where}: expected an import path or {{path: {{arg: value}}}}, got {spec}")
-            (spec, args), = spec.items()
+            ((spec, args),) = spec.items()
             args = args or {}
         obj = CALLBACKS.get(spec, key=f"{where}={spec}" if isinstance(spec, str) else where)
         where_named = f"{where}={spec}" if isinstance(spec, str) else f"{where} ({getattr(obj, '__name__', type(obj).__name__)})"

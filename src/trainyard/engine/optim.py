@@ -30,12 +30,28 @@ def _torch_class(space: Any, base: type) -> Callable[[str], Any]:
 
 
 def _torch_names(space: Any, base: type) -> Callable[[], list[str]]:
-    return lambda: sorted(n for n in dir(space) if not n.startswith("_") and isinstance(getattr(space, n), type) and issubclass(getattr(space, n), base) and getattr(space, n) is not base)
+    return lambda: sorted(
+        n
+        for n in dir(space)
+        if not n.startswith("_")
+        and isinstance(getattr(space, n), type)
+        and issubclass(getattr(space, n), base)
+        and getattr(space, n) is not base
+    )
 
 
-OPTIMIZERS = Registry("optimizer", "optim.name", fallback=_torch_class(torch.optim, torch.optim.Optimizer), fallback_names=_torch_names(torch.optim, torch.optim.Optimizer))
+OPTIMIZERS = Registry(
+    "optimizer",
+    "optim.name",
+    fallback=_torch_class(torch.optim, torch.optim.Optimizer),
+    fallback_names=_torch_names(torch.optim, torch.optim.Optimizer),
+)
 OPTIMIZERS.fallback_help = "any torch.optim class (SGD, RMSprop, Adagrad, ...)"
-for _name, _help in (("sgd", "SGD with optim.momentum, optim.nesterov"), ("adam", "Adam with optim.betas"), ("adamw", "AdamW (decoupled weight decay)")):
+for _name, _help in (
+    ("sgd", "SGD with optim.momentum, optim.nesterov"),
+    ("adam", "Adam with optim.betas"),
+    ("adamw", "AdamW (decoupled weight decay)"),
+):
     OPTIMIZERS.register(_name, _name, _help)  # built by build_optimizer from the config's own keys
 
 _SCHED = torch.optim.lr_scheduler
@@ -43,12 +59,23 @@ _SCHED = torch.optim.lr_scheduler
 
 def _schedule_class(name: str) -> Any:
     obj = getattr(_SCHED, name, None)  # ReduceLROnPlateau is no LRScheduler before torch 2.2
-    return obj if isinstance(obj, type) and (issubclass(obj, _SCHED.LRScheduler) or obj is _SCHED.ReduceLROnPlateau) and obj is not _SCHED.LRScheduler else None
+    return (
+        obj
+        if isinstance(obj, type)
+        and (issubclass(obj, _SCHED.LRScheduler) or obj is _SCHED.ReduceLROnPlateau)
+        and obj is not _SCHED.LRScheduler
+        else None
+    )
 
 
 SCHEDULES = Registry("schedule", "schedule.name", fallback=_schedule_class, fallback_names=_torch_names(_SCHED, _SCHED.LRScheduler))
 SCHEDULES.fallback_help = "any torch.optim.lr_scheduler class (OneCycleLR, ReduceLROnPlateau, ...)"
-for _name, _help in (("constant", "the configured rate"), ("step", "decay by schedule.gamma every schedule.step_epochs"), ("cosine", "cosine to schedule.min_lr"), ("onecycle", "one cycle up to optim.lr and down")):
+for _name, _help in (
+    ("constant", "the configured rate"),
+    ("step", "decay by schedule.gamma every schedule.step_epochs"),
+    ("cosine", "cosine to schedule.min_lr"),
+    ("onecycle", "one cycle up to optim.lr and down"),
+):
     SCHEDULES.register(_name, _name, _help)
 PLATEAU = _SCHED.ReduceLROnPlateau
 
@@ -70,7 +97,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, factory: Any = None) -> 
     params = [p for p in model.parameters() if p.requires_grad]
     factory = optimizer_factory(cfg, factory)
     if factory == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay, **cfg.args)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay, **cfg.args
+        )
     if factory in ("adam", "adamw"):
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[factory]
         return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **cfg.args)
@@ -95,8 +124,17 @@ def is_per_epoch(cfg: ScheduleConfig, scheduler: Any) -> bool:
     return isinstance(scheduler, PLATEAU) or (cfg.name not in SCHEDULES and cfg.interval == "epoch")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, total_steps: int, steps_per_epoch: int, max_lr: float,
-                    epochs: int = 1, mode: str = "min", factory: Any = None) -> Any:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    cfg: ScheduleConfig,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    max_lr: float,
+    epochs: int = 1,
+    mode: str = "min",
+    factory: Any = None,
+) -> Any:
     """The named schedule over ``total_steps`` optimizer steps, with ``warmup_steps`` of linear warmup in front."""
     sched = torch.optim.lr_scheduler
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
@@ -122,7 +160,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, to
             raise ConfigError(f"schedule.name={cfg.name}: built a {type(main).__name__}, expected a torch.optim.lr_scheduler scheduler")
         if per_epoch or isinstance(main, PLATEAU):
             if warmup:
-                raise ConfigError(f"schedule.warmup_steps={cfg.warmup_steps}: warmup needs a per-step schedule; set schedule.interval=step or warmup_steps=0")
+                raise ConfigError(
+                    f"schedule.warmup_steps={cfg.warmup_steps}: warmup needs a per-step schedule; set schedule.interval=step or warmup_steps=0"
+                )
             return main
     if not warmup:
         return main

@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from trainyard.errors import ConfigError
-
 from trainyard.config import RunConfig
 from trainyard.devices import seed_everything  # noqa: F401 - re-exported: the doctor and benchmarks seed like a run
+from trainyard.errors import ConfigError
 
 
 @dataclass
@@ -64,14 +63,31 @@ def check_names(cfg: RunConfig, parts: UserParts | None = None) -> None:
 # checkpoint holds (the model's shapes, the optimizer's state, the data order), so changing it would not continue
 # the run but start another one on top of it.
 RESUMABLE = (
-    "name", "callbacks", "track.",
-    "trainer.epochs", "trainer.max_steps", "trainer.patience", "trainer.log_every", "trainer.histogram_every",
-    "trainer.progress", "trainer.progress_every_s", "trainer.keep_host_memory", "trainer.on_nonfinite", "trainer.device", "trainer.deterministic",
-    "loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "loader.prefetch_factor", "loader.eval_batch_size",
+    "name",
+    "callbacks",
+    "track.",
+    "trainer.epochs",
+    "trainer.max_steps",
+    "trainer.patience",
+    "trainer.log_every",
+    "trainer.histogram_every",
+    "trainer.progress",
+    "trainer.progress_every_s",
+    "trainer.keep_host_memory",
+    "trainer.on_nonfinite",
+    "trainer.device",
+    "trainer.deterministic",
+    "loader.num_workers",
+    "loader.pin_memory",
+    "loader.persistent_workers",
+    "loader.prefetch_factor",
+    "loader.eval_batch_size",
     "loader.batched",
-    "data.root", "data.download",
+    "data.root",
+    "data.download",
     # a checkpoint moves between strategies and world sizes (the global batch kept by loader.batch_size)
-    "parallel.", "loader.batch_size",
+    "parallel.",
+    "loader.batch_size",
 )
 
 
@@ -89,8 +105,10 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     if changed:
         shown = ", ".join(f"{k}={v} (trained with {old})" for k, v, old in changed)
         allowed = ", ".join(k.rstrip(".") + ("*" if k.endswith(".") else "") for k in RESUMABLE if k != "name")
-        raise ConfigError(f"--resume {run_dir}: {shown} cannot change on resume: the checkpoint was built with the "
-                          f"trained value; a resume may change {allowed}; start a new run for the others")
+        raise ConfigError(
+            f"--resume {run_dir}: {shown} cannot change on resume: the checkpoint was built with the "
+            f"trained value; a resume may change {allowed}; start a new run for the others"
+        )
 
 
 def train(cfg: RunConfig, resume: str | Path | None = None, parts: UserParts | None = None) -> dict[str, float]:
@@ -112,7 +130,9 @@ def batch_text(cfg: RunConfig, strategy) -> str:
     """What loader.batch_size means here: per device; the global batch counts every process and accumulation step."""
     b, world, accumulate = cfg.loader.batch_size, strategy.world_size, cfg.trainer.accumulate
     parts = [str(b)] + ([f"{world} processes"] if world > 1 else []) + ([f"{accumulate} accumulation steps"] if accumulate > 1 else [])
-    return f"loader.batch_size {b} per device, global batch {b * world * accumulate}" + (f" = {' x '.join(parts)}" if len(parts) > 1 else "")
+    return f"loader.batch_size {b} per device, global batch {b * world * accumulate}" + (
+        f" = {' x '.join(parts)}" if len(parts) > 1 else ""
+    )
 
 
 def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts | None = None) -> dict[str, float]:
@@ -145,7 +165,11 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
     def setup_stopped() -> str:
         if resume is not None:
             return f"stopped during set-up; {resume} is as it was; resume with: trainyard train --resume {resume}"
-        return "stopped during set-up: nothing was trained" + (f"; removed {run_dir}" if created else "") + "; start it again with the same command"
+        return (
+            "stopped during set-up: nothing was trained"
+            + (f"; removed {run_dir}" if created else "")
+            + "; start it again with the same command"
+        )
 
     try:
         with signals.immediate("set-up", setup_stopped):
@@ -168,7 +192,9 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
             if parts.collate_fn is not None:
                 data.collate_fn = parts.collate_fn
             task = build_task(cfg, data.info, loss=parts.loss, metrics=parts.metrics, task=parts.task)
-            if parts.datasets is None and cfg.data.dataset in DATASETS and data.train_labels is not None:  # a built-in's labels against the task (user data was checked as it was read)
+            if (
+                parts.datasets is None and cfg.data.dataset in DATASETS and data.train_labels is not None
+            ):  # a built-in's labels against the task (user data was checked as it was read)
                 task.check_targets(torch.as_tensor(data.train_labels), f"data.dataset={cfg.data.dataset} with task={task.name}")
             data.info.num_outputs = task.num_outputs()  # the head the model must have
             model = parts.model if parts.model is not None else build_model(cfg.model, data.info)
@@ -186,16 +212,32 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
 
             seed_everything(cfg.seed + 7919 * strategy.rank)  # per-rank randomness (dropout, augmentation)
             # The trackers come after the checkpoint's state is loaded: a resume that cannot continue writes nothing.
-            trainer = Trainer(cfg, strategy, data, model, run_dir, None, task=task, callbacks=parts.callbacks, optimizer=parts.optimizer,
-                              scheduler=parts.scheduler, signals=signals)
+            trainer = Trainer(
+                cfg,
+                strategy,
+                data,
+                model,
+                run_dir,
+                None,
+                task=task,
+                callbacks=parts.callbacks,
+                optimizer=parts.optimizer,
+                scheduler=parts.scheduler,
+                signals=signals,
+            )
             if state is not None:
                 try:
                     trainer.load_state(state)
                 except (RuntimeError, KeyError, ValueError) as exc:  # load_state_dict: missing keys, size mismatch
                     first = str(exc).strip().splitlines()
-                    detail = next((line.strip() for line in first if "size mismatch" in line or "Missing key" in line), first[0] if first else type(exc).__name__)
-                    raise CheckpointError(f"checkpoint {run_dir / 'checkpoints' / 'last.pt'} does not fit this model ({detail[:200]}); "
-                                          "the run's record is unchanged") from None
+                    detail = next(
+                        (line.strip() for line in first if "size mismatch" in line or "Missing key" in line),
+                        first[0] if first else type(exc).__name__,
+                    )
+                    raise CheckpointError(
+                        f"checkpoint {run_dir / 'checkpoints' / 'last.pt'} does not fit this model ({detail[:200]}); "
+                        "the run's record is unchanged"
+                    ) from None
             if strategy.is_primary:
                 recording = True
                 if state is not None:
@@ -205,9 +247,19 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
                     data.save_artifacts(run_dir)  # e.g. the trained tokenizer and label map, next to the checkpoints
                 tracker = build_trackers(cfg, run_dir, resume_step=state["step"] if state else None)
                 trainer.tracker = tracker
-                write_status(run_dir, status="running", reason=None, started=started, name=run_dir.name, environment=environment(),
-                             strategy=strategy.describe())
-                print(f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)})", flush=True)
+                write_status(
+                    run_dir,
+                    status="running",
+                    reason=None,
+                    started=started,
+                    name=run_dir.name,
+                    environment=environment(),
+                    strategy=strategy.describe(),
+                )
+                print(
+                    f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)})",
+                    flush=True,
+                )
         trained = True  # from here on a stop keeps what the loop saved
         final = trainer.fit()
         status = "finished"

@@ -52,9 +52,21 @@ class Trainer:
     """``task``, ``callbacks``, ``optimizer`` and ``scheduler`` may come from Python as objects (a Task, callback
     objects, an optimizer class or ``params -> Optimizer`` factory, a scheduler class or factory); otherwise the config names them."""
 
-    def __init__(self, cfg: RunConfig, strategy: Strategy, data: DataBundle, model: nn.Module, run_dir: Path, tracker: Tracker | None,
-                 *, task: Task | None = None, callbacks: list | None = None, optimizer: Any = None, scheduler: Any = None,
-                 signals: StopSignals | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        strategy: Strategy,
+        data: DataBundle,
+        model: nn.Module,
+        run_dir: Path,
+        tracker: Tracker | None,
+        *,
+        task: Task | None = None,
+        callbacks: list | None = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        signals: StopSignals | None = None,
+    ):
         self.cfg = cfg
         self.signals = signals  # the run's signal handling (run_process installs it for every phase); None: fit() installs its own
         self.strategy = strategy
@@ -80,12 +92,21 @@ class Trainer:
             from trainyard.data.bucketing import LengthBucketBatchSampler, sample_lengths
 
             self.train_sampler = LengthBucketBatchSampler(
-                self.train_sampler, sample_lengths(data.train), cfg.loader.batch_size, pool_batches=cfg.loader.bucket_pool,
-                shuffle=cfg.loader.shuffle, drop_last=cfg.loader.drop_last, seed=cfg.seed,
+                self.train_sampler,
+                sample_lengths(data.train),
+                cfg.loader.batch_size,
+                pool_batches=cfg.loader.bucket_pool,
+                shuffle=cfg.loader.shuffle,
+                drop_last=cfg.loader.drop_last,
+                seed=cfg.seed,
             )
-            self.train_loader = build_loader(data.train, self.loader_cfg, device=self.device, batch_sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
+            self.train_loader = build_loader(
+                data.train, self.loader_cfg, device=self.device, batch_sampler=self.train_sampler, train=True, collate_fn=data.collate_fn
+            )
         else:
-            self.train_loader = build_loader(data.train, self.loader_cfg, device=self.device, sampler=self.train_sampler, train=True, collate_fn=data.collate_fn)
+            self.train_loader = build_loader(
+                data.train, self.loader_cfg, device=self.device, sampler=self.train_sampler, train=True, collate_fn=data.collate_fn
+            )
         self.val_loader = self._eval_loader(data.val)
         self.test_loader = self._eval_loader(data.test)
         if len(self.train_loader) == 0:
@@ -100,8 +121,16 @@ class Trainer:
         self.monitor = self._resolve_monitor()
         self.mode = monitor_mode(self.monitor, t.monitor_mode, self.task)
         self.total_steps = total
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, total_steps=total, steps_per_epoch=self.steps_per_epoch, max_lr=cfg.optim.lr,
-                                         epochs=t.epochs, mode=self.mode, factory=scheduler)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            cfg.schedule,
+            total_steps=total,
+            steps_per_epoch=self.steps_per_epoch,
+            max_lr=cfg.optim.lr,
+            epochs=t.epochs,
+            mode=self.mode,
+            factory=scheduler,
+        )
         self.schedule_per_epoch = is_per_epoch(cfg.schedule, self.scheduler)
 
         if t.precision == "fp16" and self.device.type != "cuda":
@@ -143,7 +172,9 @@ class Trainer:
             return "train/loss"  # no validation split: the training loss picks best.pt
         known = self.metric_names()
         if monitor not in known and not any(monitor.startswith(k + "/") for k in known):  # val/f1/3: one class of average=none
-            raise ConfigError(f"trainer.monitor={t.monitor}: not a metric this run reports; it reports {', '.join(known)}{hint(monitor, known)}")
+            raise ConfigError(
+                f"trainer.monitor={t.monitor}: not a metric this run reports; it reports {', '.join(known)}{hint(monitor, known)}"
+            )
         return monitor
 
     def _eval_loader(self, dataset):
@@ -224,8 +255,10 @@ class Trainer:
                 self.signals = None
 
     def _test_stopped(self) -> str:
-        return (f"training is finished and saved in {self.run_dir / 'checkpoints' / 'last.pt'}; the test was stopped; "
-                f"run it with: trainyard train --resume {self.run_dir}")
+        return (
+            f"training is finished and saved in {self.run_dir / 'checkpoints' / 'last.pt'}; the test was stopped; "
+            f"run it with: trainyard train --resume {self.run_dir}"
+        )
 
     # --- the loop ----------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -248,8 +281,15 @@ class Trainer:
                 if self.val_loader is not None:
                     metrics.update(self._evaluate(self.val_loader, "val").metrics)
                     val_loss = metrics.get("val/loss")
-                    if t.on_nonfinite == "stop" and val_loss is not None and not math.isfinite(val_loss):  # skip_step: bad samples are expected
-                        self.divergence = {"what": f"the validation loss is {val_loss}", "step": self.step, "epoch": self.epoch + 1, "validation": True}
+                    if (
+                        t.on_nonfinite == "stop" and val_loss is not None and not math.isfinite(val_loss)
+                    ):  # skip_step: bad samples are expected
+                        self.divergence = {
+                            "what": f"the validation loss is {val_loss}",
+                            "step": self.step,
+                            "epoch": self.epoch + 1,
+                            "validation": True,
+                        }
                         self._diverged()
                     self.callbacks.call("on_validation_end", self, metrics)
                 metrics["time/epoch_s"] = time.perf_counter() - start
@@ -287,12 +327,18 @@ class Trainer:
     def _stop_agreed(self) -> bool:
         """Whether a stop signal arrived (or a rank saw a non-finite loss), agreed by every rank: a signal can reach
         ranks at different steps, and ranks that stop apart would wait on each other's collectives forever."""
-        if not self.strategy.any_rank(self._stop_signal is not None or self.divergence is not None):  # sync point: at log steps and epoch ends only
+        if not self.strategy.any_rank(
+            self._stop_signal is not None or self.divergence is not None
+        ):  # sync point: at log steps and epoch ends only
             return False
         if self.check_nonfinite and self.strategy.any_rank(self.divergence is not None):  # only once a rank stops: which reason
             if self.divergence is None:  # another rank saw it (under ddp its gradients reach every rank)
-                self.divergence = {"what": "the training loss is non-finite on another rank", "step": self.step, "epoch": self.epoch + 1,
-                                   "first": self._checked_step + 1}
+                self.divergence = {
+                    "what": "the training loss is non-finite on another rank",
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "first": self._checked_step + 1,
+                }
             return True
         if self._stop_signal is None:
             self.signals.received = signal.SIGTERM  # another rank was signalled
@@ -311,14 +357,20 @@ class Trainer:
         if t.precision == "fp16":
             causes.append("an fp16 overflow (try trainer.precision=bf16 or 32)")
         if not d.get("validation"):
-            causes.append(f"a learning rate too high (optim.name={cfg.optim.name} optim.lr={cfg.optim.lr:g}; lower it or set trainer.clip_grad_norm)")
-        causes.append("nan/inf input values in the data" + ("" if d.get("validation") else " (trainer.on_nonfinite=skip_step skips such steps)"))
+            causes.append(
+                f"a learning rate too high (optim.name={cfg.optim.name} optim.lr={cfg.optim.lr:g}; lower it or set trainer.clip_grad_norm)"
+            )
+        causes.append(
+            "nan/inf input values in the data" + ("" if d.get("validation") else " (trainer.on_nonfinite=skip_step skips such steps)")
+        )
         best = self.run_dir / "checkpoints" / "best.pt"
         if self.best is not None and best.exists():
             kept = f"kept {best}{f' from epoch {self.best_epoch}' if self.best_epoch else ''} ({self.monitor} {self.best:.4g})"
         else:
             kept = "no checkpoint saved"
-        raise Diverged(f"diverged: {d.get('what', 'a non-finite value')} {where}; likely cause: {', or '.join(causes)}; {kept}; test skipped")
+        raise Diverged(
+            f"diverged: {d.get('what', 'a non-finite value')} {where}; likely cause: {', or '.join(causes)}; {kept}; test skipped"
+        )
 
     def _done_steps(self) -> bool:
         return self.cfg.trainer.max_steps is not None and self.step >= self.cfg.trainer.max_steps
@@ -328,7 +380,11 @@ class Trainer:
             # e.g. a model that returns only its loss has no accuracy to monitor: its loss picks best.pt
             fallback = "val/loss" if "val/loss" in metrics else "train/loss"
             if self.is_primary:
-                print(f"trainyard: {self.monitor} is not reported (the model returns no predictions); monitoring {fallback}", file=sys.stderr, flush=True)
+                print(
+                    f"trainyard: {self.monitor} is not reported (the model returns no predictions); monitoring {fallback}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.monitor, self.mode = fallback, "min"
         value = metrics.get(self.monitor)
         if value is None or not math.isfinite(value):
@@ -468,19 +524,36 @@ class Trainer:
         loss_total, stat_total, seen_total, stat_count, *bad_tensors = reduced.tolist()  # sync point: once per epoch
         if self.check_nonfinite and self.divergence is None:
             if not math.isfinite(loss_total):
-                self.divergence = {"what": f"the training loss is {loss_total}", "step": self.step, "epoch": self.epoch + 1, "first": self._checked_step + 1}
+                self.divergence = {
+                    "what": f"the training loss is {loss_total}",
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "first": self._checked_step + 1,
+                }
             elif bad_tensors and bad_tensors[0]:
-                self.divergence = {"what": f"the weights hold nan/inf ({int(bad_tensors[0])} tensors)", "step": self.step, "epoch": self.epoch + 1,
-                                   "first": self._checked_step + 1}
+                self.divergence = {
+                    "what": f"the weights hold nan/inf ({int(bad_tensors[0])} tensors)",
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "first": self._checked_step + 1,
+                }
             elif skip_nonfinite and seen_total == 0:
-                self.divergence = {"what": "every step's loss was non-finite (all skipped)", "step": self.step, "epoch": self.epoch + 1, "validation": True}
+                self.divergence = {
+                    "what": "every step's loss was non-finite (all skipped)",
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "validation": True,
+                }
             self._checked_step = self.step
         metrics = {"train/loss": loss_total / max(seen_total, 1), "lr": optimizer.param_groups[0]["lr"]}
         if skip_nonfinite:
             metrics["train/skipped_steps"] = float(skipped)
             if skipped and self.is_primary:
-                print(f"trainyard: epoch {self.epoch + 1}: skipped {skipped} optimizer step{'s' if skipped > 1 else ''} with a non-finite loss (trainer.on_nonfinite=skip_step)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"trainyard: epoch {self.epoch + 1}: skipped {skipped} optimizer step{'s' if skipped > 1 else ''} with a non-finite loss (trainer.on_nonfinite=skip_step)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if task.train_metric and stat_count:
             metrics[f"train/{task.train_metric}"] = stat_total / stat_count
         metrics["perf/data_wait_fraction"] = min(wait / max(time.perf_counter() - epoch_start, 1e-9), 1.0)
@@ -491,7 +564,9 @@ class Trainer:
     def _nonfinite_tensors(self) -> torch.Tensor:
         """How many of this process's floating-point parameters and buffers hold a nan or inf, on ``self.device``
         (no host sync: read with the epoch-end reduction)."""
-        tensors = (p.to_local() if hasattr(p, "to_local") else p for p in itertools.chain(self.model.parameters(), self.model.buffers()))  # fsdp: this rank's shard
+        tensors = (
+            p.to_local() if hasattr(p, "to_local") else p for p in itertools.chain(self.model.parameters(), self.model.buffers())
+        )  # fsdp: this rank's shard
         flags = [torch.isfinite(p).all().logical_not().to(self.device) for p in tensors if p.is_floating_point() and p.numel()]
         return torch.stack(flags).sum().float() if flags else torch.zeros((), device=self.device)
 
@@ -526,7 +601,12 @@ class Trainer:
             if math.isfinite(loss_now):
                 self._checked_step = self.step
             else:  # the sum over the epoch so far: the first non-finite loss lies in the steps since the last read
-                self.divergence = {"what": f"the training loss is {loss_now}", "step": self.step, "epoch": self.epoch + 1, "first": self._checked_step + 1}
+                self.divergence = {
+                    "what": f"the training loss is {loss_now}",
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "first": self._checked_step + 1,
+                }
         seen = totals.seen
         window = seen - state["seen"]
         elapsed = max(now - state["time"], 1e-9)
@@ -607,14 +687,29 @@ def fit_schedule_length(scheduler: Any, cfg: RunConfig, total_steps: int) -> Non
     if isinstance(main, torch.optim.lr_scheduler.CosineAnnealingLR) and cfg.schedule.name == "cosine":
         main.T_max = max(total_steps - warmup, 1)
     elif isinstance(main, torch.optim.lr_scheduler.OneCycleLR) and main.total_steps < total_steps:
-        raise ConfigError(f"trainer.epochs={cfg.trainer.epochs}: schedule.name={cfg.schedule.name} was laid out over {main.total_steps} "
-                          "optimizer steps when the run started, and a one-cycle schedule cannot be lengthened on resume; "
-                          "keep the run's length, or start a new run")
+        raise ConfigError(
+            f"trainer.epochs={cfg.trainer.epochs}: schedule.name={cfg.schedule.name} was laid out over {main.total_steps} "
+            "optimizer steps when the run started, and a one-cycle schedule cannot be lengthened on resume; "
+            "keep the run's length, or start a new run"
+        )
 
 
 def info_record(info: Any) -> dict[str, Any]:
     """The data's facts a model constructor may take, as plain values a weights-only checkpoint holds."""
-    keep = ("kind", "num_classes", "classes", "in_channels", "image_size", "mean", "std", "vocab_size", "pad_id", "in_features", "target_shape", "num_outputs")
+    keep = (
+        "kind",
+        "num_classes",
+        "classes",
+        "in_channels",
+        "image_size",
+        "mean",
+        "std",
+        "vocab_size",
+        "pad_id",
+        "in_features",
+        "target_shape",
+        "num_outputs",
+    )
     return {k: getattr(info, k) for k in keep}
 
 

@@ -41,12 +41,24 @@ class RecurrentClassifier(nn.Module):
     """Embedding, a GRU or LSTM over packed sequences, and a linear layer on the last layer's final state
     (both directions' when bidirectional)."""
 
-    def __init__(self, kind: str, vocab_size: int, embed_dim: int, hidden: int, layers: int, num_classes: int, pad_id: int,
-                 bidirectional: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        kind: str,
+        vocab_size: int,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        num_classes: int,
+        pad_id: int,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[kind]
-        self.rnn = rnn(embed_dim, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        self.rnn = rnn(
+            embed_dim, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0
+        )
         self.directions = 2 if bidirectional else 1
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden * self.directions, num_classes)
@@ -66,8 +78,18 @@ class TransformerClassifier(nn.Module):
     """A small pre-norm Transformer encoder: token and learned position embeddings, padded keys masked,
     the mean of the real tokens' outputs into a linear layer."""
 
-    def __init__(self, vocab_size: int, embed_dim: int, heads: int, ff_dim: int, layers: int, max_length: int, num_classes: int,
-                 pad_id: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        heads: int,
+        ff_dim: int,
+        layers: int,
+        max_length: int,
+        num_classes: int,
+        pad_id: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.position = nn.Embedding(max_length, embed_dim)
@@ -120,7 +142,9 @@ def load_vectors(path: str | Path, vocab: dict[str, int], embedding: torch.Tenso
                 continue
             values = rest.split()
             if len(values) != dim:
-                raise ConfigError(f"model.vectors={path} line {n}: {len(values)} numbers for {word!r}, but model.embed_dim={dim}; set model.embed_dim={len(values)}")
+                raise ConfigError(
+                    f"model.vectors={path} line {n}: {len(values)} numbers for {word!r}, but model.embed_dim={dim}; set model.embed_dim={len(values)}"
+                )
             try:
                 vector = torch.tensor([float(v) for v in values], dtype=embedding.dtype)
             except ValueError:
@@ -152,7 +176,9 @@ def embedding_bag(cfg: ModelConfig, info: DataInfo) -> nn.Module:
 
 
 def _recurrent(kind: str, cfg: ModelConfig, info: DataInfo) -> nn.Module:
-    model = RecurrentClassifier(kind, _text_info(cfg, info), cfg.embed_dim, cfg.width, cfg.depth, info.outputs, info.pad_id, cfg.bidirectional, cfg.dropout)
+    model = RecurrentClassifier(
+        kind, _text_info(cfg, info), cfg.embed_dim, cfg.width, cfg.depth, info.outputs, info.pad_id, cfg.bidirectional, cfg.dropout
+    )
     return _with_vectors(model, model.embed, cfg, info)
 
 
@@ -169,5 +195,7 @@ def transformer(cfg: ModelConfig, info: DataInfo) -> nn.Module:
     if cfg.embed_dim % cfg.heads:
         raise ConfigError(f"model.embed_dim={cfg.embed_dim}: must be a multiple of model.heads={cfg.heads}")
     max_length = int(info.extra.get("max_length", 512))
-    model = TransformerClassifier(vocab_size, cfg.embed_dim, cfg.heads, cfg.width, cfg.depth, max_length, info.outputs, info.pad_id, cfg.dropout)
+    model = TransformerClassifier(
+        vocab_size, cfg.embed_dim, cfg.heads, cfg.width, cfg.depth, max_length, info.outputs, info.pad_id, cfg.dropout
+    )
     return _with_vectors(model, model.embed, cfg, info)

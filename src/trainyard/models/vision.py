@@ -102,15 +102,25 @@ def _small_image_stem(model: nn.Module) -> None:
 def _adapt_input_channels(model: nn.Module, name: str, channels: int) -> None:
     first = next(((q, m) for q, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
-        raise ConfigError(f"model.name={name}: no first convolution to adapt to {channels}-channel images; convert the images to RGB (data transforms: - RGB)")
+        raise ConfigError(
+            f"model.name={name}: no first convolution to adapt to {channels}-channel images; convert the images to RGB (data transforms: - RGB)"
+        )
     qualified, conv = first
     if conv.in_channels == channels:
         return
     if conv.groups != 1:
-        raise ConfigError(f"model.name={name}: its first convolution is grouped and cannot take {channels}-channel images; convert them to RGB (- RGB)")
+        raise ConfigError(
+            f"model.name={name}: its first convolution is grouped and cannot take {channels}-channel images; convert them to RGB (- RGB)"
+        )
     new = nn.Conv2d(
-        channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
     )
     with torch.no_grad():
         w = conv.weight  # (out, in, kh, kw)

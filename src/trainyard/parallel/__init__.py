@@ -22,7 +22,9 @@ STRATEGIES.register("dp", "trainyard.parallel.dp:DataParallelStrategy", "nn.Data
 STRATEGIES.register("ddp", "trainyard.parallel.ddp:DistributedDataParallel", "one process per device, gradients all-reduced")
 STRATEGIES.register("model", "trainyard.parallel.model:ModelParallel", "one process, the model's blocks on several devices")
 STRATEGIES.register("pipeline", "trainyard.parallel.pipeline:PipelineParallel", "one process per stage, micro-batches in flight")
-STRATEGIES.register("fsdp", "trainyard.parallel.fsdp:FullyShardedDataParallel", "one process per device, parameters, gradients and optimizer state sharded")
+STRATEGIES.register(
+    "fsdp", "trainyard.parallel.fsdp:FullyShardedDataParallel", "one process per device, parameters, gradients and optimizer state sharded"
+)
 
 
 class Strategy:
@@ -117,7 +119,15 @@ class Strategy:
         """Skip gradient synchronisation (accumulation micro-steps)."""
         return contextlib.nullcontext()
 
-    def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_backward(
+        self,
+        model: nn.Module,
+        x: Any,
+        y: torch.Tensor,
+        loss_fn: Callable,
+        autocast: Callable[[], ContextManager],
+        scale: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One micro-step: forward, loss, backward. Returns (loss, the model's output or None), still attached to their graph.
 
         Not detached: detaching runs cold autograd code every step; after backward a graph holds only its nodes
@@ -151,7 +161,9 @@ class Strategy:
 def strategy_class(name: str) -> type:
     cls = STRATEGIES.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise ConfigError(f"parallel.strategy={name}: {getattr(cls, '__name__', type(cls).__name__)} is not a trainyard.parallel.Strategy subclass")
+        raise ConfigError(
+            f"parallel.strategy={name}: {getattr(cls, '__name__', type(cls).__name__)} is not a trainyard.parallel.Strategy subclass"
+        )
     return cls
 
 

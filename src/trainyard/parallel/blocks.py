@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from trainyard.errors import ConfigError
 from trainyard.devices import resolve_device
+from trainyard.errors import ConfigError
 
 NamedBlocks = list[tuple[str, nn.Module]]
 
@@ -95,7 +95,9 @@ def split_starts(blocks: NamedBlocks, stages: int, split: Any) -> list[int]:
     if split == "auto":
         with_params = sum(1 for c in counts if c)
         if stages > with_params:
-            raise ConfigError(f"parallel.devices: {stages} stages but only {with_params} of the model's {n} blocks hold parameters; use at most {with_params} devices")
+            raise ConfigError(
+                f"parallel.devices: {stages} stages but only {with_params} of the model's {n} blocks hold parameters; use at most {with_params} devices"
+            )
         return _check_every_stage_learns(balanced_starts(counts, stages), counts, split)
     if not isinstance(split, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in split):
         raise ConfigError(f"parallel.split={split}: expected auto or a list of block indices where stages start, e.g. [0, 3]")
@@ -111,7 +113,9 @@ def _check_every_stage_learns(starts: list[int], counts: list[int], split: Any) 
     """A stage without parameters would have nothing to train (and its optimizer nothing to hold)."""
     for k, (a, b) in enumerate(zip(starts, [*starts[1:], len(counts)])):
         if not sum(counts[a:b]):
-            raise ConfigError(f"parallel.split={split}: stage {k} (blocks {a}..{b - 1}) holds no parameters; move a split point or use fewer devices")
+            raise ConfigError(
+                f"parallel.split={split}: stage {k} (blocks {a}..{b - 1}) holds no parameters; move a split point or use fewer devices"
+            )
     return starts
 
 
@@ -174,7 +178,15 @@ class Split:
         for k, params in enumerate(self.stage_parameters()):
             names = [n for n, _ in self.stage_blocks(k)]
             first = self.starts[k]
-            out.append({"stage": k, "device": str(self.devices[k]), "blocks": f"{first}-{first + len(names) - 1}", "names": names, "parameters": params})
+            out.append(
+                {
+                    "stage": k,
+                    "device": str(self.devices[k]),
+                    "blocks": f"{first}-{first + len(names) - 1}",
+                    "names": names,
+                    "parameters": params,
+                }
+            )
         return out
 
     def table(self) -> str:
@@ -184,8 +196,10 @@ class Split:
             names = ", ".join(row["names"])
             if len(names) > 48:
                 names = names[:45] + "..."
-            lines.append(f"  stage {row['stage']} on {row['device']}: blocks {row['blocks']} ({names}), "
-                         f"{row['parameters']:,} parameters ({100 * row['parameters'] / total:.0f}%)")
+            lines.append(
+                f"  stage {row['stage']} on {row['device']}: blocks {row['blocks']} ({names}), "
+                f"{row['parameters']:,} parameters ({100 * row['parameters'] / total:.0f}%)"
+            )
         return "\n".join(lines)
 
 

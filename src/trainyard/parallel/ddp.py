@@ -49,7 +49,9 @@ class DistributedDataParallel(Strategy):
         p = self.cfg.parallel
         cuda = uses_cuda(self.cfg.trainer.device)
         if p.sync_batchnorm and not cuda:
-            raise ConfigError("parallel.sync_batchnorm=true: SyncBatchNorm needs CUDA devices (these processes run on cpu); set it to false")
+            raise ConfigError(
+                "parallel.sync_batchnorm=true: SyncBatchNorm needs CUDA devices (these processes run on cpu); set it to false"
+            )
         process_backend(p.backend, torch.device("cuda" if cuda else "cpu"))
         self.env = launcher_env()
         if self.env is not None:  # torchrun or srun started this process: it is one rank
@@ -59,7 +61,9 @@ class DistributedDataParallel(Strategy):
         elif p.devices == "auto":
             nprocs = 1
         elif isinstance(p.devices, list):
-            raise ConfigError(f"parallel.devices={p.devices}: device ids need CUDA; on CPU give a count of processes, e.g. parallel.devices=2")
+            raise ConfigError(
+                f"parallel.devices={p.devices}: device ids need CUDA; on CPU give a count of processes, e.g. parallel.devices=2"
+            )
         else:
             nprocs = p.devices
         if nprocs == 1:  # a group of one: no second process needed
@@ -91,7 +95,9 @@ class DistributedDataParallel(Strategy):
         if uses_cuda(self.cfg.trainer.device):
             ids = cuda_device_ids(p.devices if env.launcher == "spawn" else "auto")
             if env.local_rank >= len(ids):
-                raise ConfigError(f"{env.launcher} started {env.local_world_size} processes on this node, but it has {len(ids)} CUDA device(s)")
+                raise ConfigError(
+                    f"{env.launcher} started {env.local_world_size} processes on this node, but it has {len(ids)} CUDA device(s)"
+                )
             self.device = torch.device("cuda", ids[env.local_rank])
             torch.cuda.set_device(self.device)
         else:
@@ -102,7 +108,9 @@ class DistributedDataParallel(Strategy):
         if env.max_restarts > 0 and self.cfg.name is None:
             # A restarted worker group must find its run folder again: name it after the rendezvous id.
             if not env.run_id or env.run_id == "none":
-                raise ConfigError("torchrun --max-restarts: give the run a fixed name=... (or torchrun --rdzv-id=...) so that a restarted job finds its run folder")
+                raise ConfigError(
+                    "torchrun --max-restarts: give the run a fixed name=... (or torchrun --rdzv-id=...) so that a restarted job finds its run folder"
+                )
             self.cfg.name = "torchrun-" + re.sub(r"[^A-Za-z0-9_.-]", "_", env.run_id)
         timeout = datetime.timedelta(seconds=p.timeout)
         init = "env://" if env.launcher in ("torchrun", "env") else f"tcp://{_host(env.master_addr)}:{env.master_port}"
@@ -127,7 +135,10 @@ class DistributedDataParallel(Strategy):
         if self._job_mark() not in read_status(run_dir).get("strategy", ""):
             return None  # a folder this job did not write: leave it alone (new_run_dir refuses to reuse it)
         if self.is_primary:
-            print(f"trainyard: restart {self.env.restart_count} of {self.env.max_restarts}: resuming {run_dir} from its last checkpoint", flush=True)
+            print(
+                f"trainyard: restart {self.env.restart_count} of {self.env.max_restarts}: resuming {run_dir} from its last checkpoint",
+                flush=True,
+            )
         return str(run_dir)
 
     def barrier(self) -> None:

@@ -13,8 +13,8 @@ import sys
 import torch
 from torch import nn
 
-from trainyard.parallel import Strategy
 from trainyard.devices import resolve_device
+from trainyard.parallel import Strategy
 from trainyard.parallel.launch import cuda_device_ids, uses_cuda
 
 
@@ -31,7 +31,8 @@ class DataParallelStrategy(Strategy):
             self.device = resolve_device(self.cfg.trainer.device)
             print(
                 f"trainyard: warning: parallel.strategy=dp needs two or more CUDA devices (found {len(ids)}); running single-device on {self.device}",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             return
         self.device_ids = ids

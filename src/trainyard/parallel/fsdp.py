@@ -60,7 +60,9 @@ class FullyShardedDataParallel(DistributedDataParallel):
     def launch(self, fn, *args):
         t = self.cfg.trainer
         if t.precision == "fp16" and not uses_cuda(t.device):
-            raise ConfigError("trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; use trainer.precision=bf16 or 32")
+            raise ConfigError(
+                "trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; use trainer.precision=bf16 or 32"
+            )
         check_shard_setting(self.cfg.parallel.shard)
         return super().launch(fn, *args)
 
@@ -71,7 +73,9 @@ class FullyShardedDataParallel(DistributedDataParallel):
             # both read the model on rank 0 alone; a sharded model's forward and its DTensor reductions are
             # collectives the other ranks would never join
             if self.is_primary:
-                print("trainyard: parallel.strategy=fsdp: track.graph and weight histograms are off (they would need every rank)", flush=True)
+                print(
+                    "trainyard: parallel.strategy=fsdp: track.graph and weight histograms are off (they would need every rank)", flush=True
+                )
             tr.graph, self.cfg.trainer.histogram_every = False, 0
 
     def teardown(self) -> None:
@@ -94,7 +98,11 @@ class FullyShardedDataParallel(DistributedDataParallel):
         modules = dict(model.named_modules())
         # bf16: FSDP's own policy, weights gathered and computed in bf16, gradients reduced and stepped in fp32
         # (the fp32 shards stay the optimizer's); autocast still runs around the forward as under every strategy
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.cfg.trainer.precision == "bf16" else MixedPrecisionPolicy()
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if self.cfg.trainer.precision == "bf16"
+            else MixedPrecisionPolicy()
+        )
         for path in paths:  # inner blocks first: each becomes one all-gather group; the root takes what is left
             fully_shard(modules[path], reshard_after_forward=p.reshard_after_forward, mp_policy=policy)
         fully_shard(model, reshard_after_forward=p.reshard_after_forward, mp_policy=policy)
@@ -159,11 +167,15 @@ class FullyShardedDataParallel(DistributedDataParallel):
         if counts is None:
             good = [b for b in range(1, len(dataset) + 1) if equal_batch_counts(len(dataset), self.world_size, b)]
             if not good:
-                raise ConfigError(f"parallel.strategy=fsdp: an evaluation split has {len(dataset)} samples, fewer than the {self.world_size} processes; "
-                                  "give it more samples or use fewer processes")
+                raise ConfigError(
+                    f"parallel.strategy=fsdp: an evaluation split has {len(dataset)} samples, fewer than the {self.world_size} processes; "
+                    "give it more samples or use fewer processes"
+                )
             near = min(good, key=lambda b: (abs(b - batch), -b))
-            raise ConfigError(f"loader.eval_batch_size={batch}: {len(dataset)} evaluation samples cannot be shared by {self.world_size} fsdp processes "
-                              f"in the same number of batches of {batch} (every forward is a collective); use loader.eval_batch_size={near}")
+            raise ConfigError(
+                f"loader.eval_batch_size={batch}: {len(dataset)} evaluation samples cannot be shared by {self.world_size} fsdp processes "
+                f"in the same number of batches of {batch} (every forward is a collective); use loader.eval_batch_size={near}"
+            )
         start = sum(counts[: self.rank])
         return ContiguousShard(start, counts[self.rank])
 
@@ -208,7 +220,9 @@ def shard_paths(model: nn.Module, shard: Any, where: str) -> list[str]:
         have = sorted({type(m).__name__ for m in modules.values()})
         missing = [n for n in shard if n not in have]
         if missing:
-            raise ConfigError(f"parallel.shard={shard}: {type(model).__name__} has no module of class {', '.join(missing)}; its classes: {', '.join(have)}")
+            raise ConfigError(
+                f"parallel.shard={shard}: {type(model).__name__} has no module of class {', '.join(missing)}; its classes: {', '.join(have)}"
+            )
         candidates = [path for path, m in modules.items() if path and type(m).__name__ in shard]
     owners = _parameter_owners(model)
     paths = []
@@ -216,7 +230,9 @@ def shard_paths(model: nn.Module, shard: Any, where: str) -> list[str]:
         module = modules[path]
         if not any(True for _ in module.parameters()):
             continue  # nothing to shard (ReLU, pooling)
-        if any(owners[id(q)] - {path} and not all(o == path or o.startswith(path + ".") for o in owners[id(q)]) for q in module.parameters()):
+        if any(
+            owners[id(q)] - {path} and not all(o == path or o.startswith(path + ".") for o in owners[id(q)]) for q in module.parameters()
+        ):
             continue  # a weight shared with a module outside (tied embeddings): it stays with the root
         paths.append(path)
     # innermost first, so a class list naming both a block and its parent shards the inner one first
@@ -235,7 +251,9 @@ def auto_blocks(model: nn.Module) -> list[str]:
     paths = [by_id[id(b)] for _, b in blocks if id(b) in by_id and by_id[id(b)]]
     if paths:
         return paths
-    stacks = [(path, list(m)) for path, m in modules.items() if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(x) for x in m}) == 1]
+    stacks = [
+        (path, list(m)) for path, m in modules.items() if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(x) for x in m}) == 1
+    ]
     if not stacks:
         return []
     path, layers = max(stacks, key=lambda s: sum(q.numel() for x in s[1] for q in x.parameters()))

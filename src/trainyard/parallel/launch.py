@@ -225,11 +225,21 @@ def failure_report(rank: int, exc: BaseException, failed_at: float | None) -> Ra
     import traceback as tb
 
     report = RankReport(
-        rank, ok=False, error_type=type(exc).__name__, message=str(exc), traceback="".join(tb.format_exception(exc)),
-        exit_code=getattr(exc, "exit_code", 1), failed_at=failed_at or time.time(), user_error=isinstance(exc, TrainyardError),
+        rank,
+        ok=False,
+        error_type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(tb.format_exception(exc)),
+        exit_code=getattr(exc, "exit_code", 1),
+        failed_at=failed_at or time.time(),
+        user_error=isinstance(exc, TrainyardError),
     )
     if hasattr(exc, "signum") and hasattr(exc, "run_dir"):  # trainer.Interrupted: SIGINT/SIGTERM, last.pt saved
-        report.interrupted = {"signum": exc.signum, "run_dir": str(exc.run_dir) if exc.run_dir is not None else None, "detail": getattr(exc, "detail", None)}
+        report.interrupted = {
+            "signum": exc.signum,
+            "run_dir": str(exc.run_dir) if exc.run_dir is not None else None,
+            "detail": getattr(exc, "detail", None),
+        }
     return report
 
 

@@ -45,7 +45,15 @@ class ModelParallel(Strategy):
             print(f"model parallel: {split.stages} stages\n{split.table()}", flush=True)
         return BlockChain(split.blocks, devices)
 
-    def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]):
+    def forward_backward(
+        self,
+        model: nn.Module,
+        x: Any,
+        y: torch.Tensor,
+        loss_fn: Callable,
+        autocast: Callable[[], ContextManager],
+        scale: Callable[[torch.Tensor], torch.Tensor],
+    ):
         # the output comes off the last stage's device: the targets meet it there
         loss, out = super().forward_backward(model, x, y.to(self.split.devices[-1], non_blocking=True), loss_fn, autocast, scale)
         # back to the first stage's device, where the step loop accumulates (a small copy, no host sync)

@@ -44,9 +44,13 @@ class PipelineParallel(Strategy):
         batch = cfg.loader.batch_size
         if batch % p.microbatches:
             divisors = [d for d in range(1, min(batch, 64) + 1) if batch % d == 0]
-            raise ConfigError(f"parallel.microbatches={p.microbatches}: loader.batch_size={batch} does not split into equal micro-batches; use one of {divisors}")
+            raise ConfigError(
+                f"parallel.microbatches={p.microbatches}: loader.batch_size={batch} does not split into equal micro-batches; use one of {divisors}"
+            )
         if p.schedule == "1f1b" and p.microbatches < self.num_stages:
-            raise ConfigError(f"parallel.schedule=1f1b: needs parallel.microbatches >= the {self.num_stages} stages (got {p.microbatches}); raise it or use gpipe")
+            raise ConfigError(
+                f"parallel.schedule=1f1b: needs parallel.microbatches >= the {self.num_stages} stages (got {p.microbatches}); raise it or use gpipe"
+            )
         if cfg.trainer.precision == "fp16":
             raise ConfigError("trainer.precision=fp16: loss scaling is not synchronised across pipeline stages; use bf16")
         if cfg.track.graph:
@@ -86,7 +90,10 @@ class PipelineParallel(Strategy):
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         dist.init_process_group(
-            self.backend, init_method=f"tcp://{self._addr}:{self._port}", rank=self.stage, world_size=self.num_stages,
+            self.backend,
+            init_method=f"tcp://{self._addr}:{self._port}",
+            rank=self.stage,
+            world_size=self.num_stages,
             timeout=timedelta(seconds=self.cfg.parallel.timeout),
         )
         # Only the last stage holds outputs; torchmetrics on the others warns that compute() ran before update().
@@ -137,8 +144,11 @@ class PipelineParallel(Strategy):
         if self.is_primary:
             p = self.cfg.parallel
             bubble = bubble_fraction(split.stages, p.microbatches)
-            print(f"pipeline: {split.stages} stages x {p.microbatches} micro-batches ({p.schedule}, {self.backend}); "
-                  f"theoretical bubble (K-1)/(M+K-1) = {bubble:.1%} of each step idle\n{split.table()}", flush=True)
+            print(
+                f"pipeline: {split.stages} stages x {p.microbatches} micro-batches ({p.schedule}, {self.backend}); "
+                f"theoretical bubble (K-1)/(M+K-1) = {bubble:.1%} of each step idle\n{split.table()}",
+                flush=True,
+            )
         return module
 
     def model_state_dict(self, model: nn.Module) -> dict[str, Any] | None:
@@ -162,21 +172,30 @@ class PipelineParallel(Strategy):
         local = optimizer.state_dict()
         ids = self._param_ids
         part = {
-            "state": {ids[i]: {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for i, s in local["state"].items()},
+            "state": {
+                ids[i]: {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for i, s in local["state"].items()
+            },
             "param_groups": [{**g, "params": [ids[i] for i in g["params"]]} for g in local["param_groups"]],
         }
         parts = self._gather(part)
         if parts is None:
             return None
-        groups = [{**group, "params": sorted(p for part in parts for p in part["param_groups"][g]["params"])} for g, group in enumerate(parts[0]["param_groups"])]
+        groups = [
+            {**group, "params": sorted(p for part in parts for p in part["param_groups"][g]["params"])}
+            for g, group in enumerate(parts[0]["param_groups"])
+        ]
         return {"state": {k: v for part in parts for k, v in part["state"].items()}, "param_groups": groups}
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         local_of = {g: i for i, g in enumerate(self._param_ids)}
-        optimizer.load_state_dict({
-            "state": {local_of[g]: s for g, s in state["state"].items() if g in local_of},
-            "param_groups": [{**group, "params": [local_of[p] for p in group["params"] if p in local_of]} for group in state["param_groups"]],
-        })
+        optimizer.load_state_dict(
+            {
+                "state": {local_of[g]: s for g, s in state["state"].items() if g in local_of},
+                "param_groups": [
+                    {**group, "params": [local_of[p] for p in group["params"] if p in local_of]} for group in state["param_groups"]
+                ],
+            }
+        )
 
     def _gather(self, obj: Any) -> list[Any] | None:
         """Collective: every stage's ``obj``, in stage order, on the primary; None elsewhere."""
@@ -215,7 +234,15 @@ class PipelineParallel(Strategy):
         self._losses.append(loss.detach())
         return self._scale(loss)
 
-    def forward_backward(self, model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Callable, autocast: Callable[[], ContextManager], scale: Callable[[torch.Tensor], torch.Tensor]):
+    def forward_backward(
+        self,
+        model: nn.Module,
+        x: Any,
+        y: torch.Tensor,
+        loss_fn: Callable,
+        autocast: Callable[[], ContextManager],
+        scale: Callable[[torch.Tensor], torch.Tensor],
+    ):
         if not isinstance(x, torch.Tensor):
             raise ConfigError("parallel.strategy=pipeline: needs tensor inputs (image or fixed-size data), not padded text batches")
         schedule, m = self._schedule(len(y), train=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from trainyard.devices import resolve_device
 from trainyard.errors import ConfigError
 from trainyard.parallel import Strategy
-from trainyard.devices import resolve_device
 
 
 class SingleDevice(Strategy):

@@ -35,7 +35,19 @@ def start_tensorboard(logdir: Path, port: int = 0, host: str = "127.0.0.1", time
     for _ in range(attempts):
         chosen = port or free_port()
         url = f"http://{host}:{chosen}/"
-        cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host, "--port", str(chosen), "--reload_interval", "5"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            host,
+            "--port",
+            str(chosen),
+            "--reload_interval",
+            "5",
+        ]
         log.seek(0)
         log.truncate()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -39,8 +39,10 @@ class PruneCallback(Callback):
 
     def on_run_start(self, trainer: Any) -> None:
         if trainer.val_loader is None or not str(trainer.monitor).startswith("val/"):
-            raise PruneSetupError(f"--prune: needs a validation split and a val/ metric to compare trials by; this run monitors {trainer.monitor} "
-                              "(set data.val_fraction above 0, or trainer.monitor to a val/ metric)")
+            raise PruneSetupError(
+                f"--prune: needs a validation split and a val/ metric to compare trials by; this run monitors {trainer.monitor} "
+                "(set data.val_fraction above 0, or trainer.monitor to a val/ metric)"
+            )
 
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         if not trainer.is_primary:

@@ -12,8 +12,8 @@ from typing import Any
 
 from trainyard.config import suggest
 from trainyard.errors import ConfigError, TrainyardError
-from trainyard.track.jsonl import read_metrics
 from trainyard.runs.table import Run, differing_hparams, format_duration, format_time, format_value
+from trainyard.track.jsonl import read_metrics
 
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
 
@@ -51,7 +51,9 @@ def compare_curves(runs: list[Run], metric: str, out: Path) -> list[str]:
     missing = [name for name, (steps, _) in curves.items() if not steps]
     if len(missing) == len(runs):
         names = all_metric_names(runs)
-        raise ConfigError(f"--metric {metric}: not logged by {'this run' if len(runs) == 1 else 'any of these runs'}; logged: {', '.join(names)}{suggest(metric, names)}")
+        raise ConfigError(
+            f"--metric {metric}: not logged by {'this run' if len(runs) == 1 else 'any of these runs'}; logged: {', '.join(names)}{suggest(metric, names)}"
+        )
     hparams = differing_hparams(runs) if len(runs) > 1 else []
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -168,8 +170,11 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 # media/<tag>.png -> (title, caption); any other picture is titled from its tag in words
 PICTURES = [
     ("test_confusion_matrix.png", "Confusion matrix", "test set, best checkpoint; rows: true class, columns: predicted"),
-    ("test_misclassified.png", "Sample predictions",
-     "misclassified test samples (predicted / true label): the most confident mistakes first, a few from each true class"),
+    (
+        "test_misclassified.png",
+        "Sample predictions",
+        "misclassified test samples (predicted / true label): the most confident mistakes first, a few from each true class",
+    ),
     ("test_predictions.png", "Predicted against true", "test set, best checkpoint; the dashed diagonal is a perfect model"),
     ("data_train_samples.png", "Training samples with their labels", "after augmentation, as `trainyard preview` shows them"),
     ("data_train_batch.png", "A training batch", "as the model sees it, after augmentation (normalisation undone)"),
@@ -238,7 +243,9 @@ def build_report(run: Run) -> str:
     for filename, title, caption in pictures:
         path = media / filename
         if path.is_file():
-            parts.append(f"<h2>{html.escape(title)}</h2><figure>{_img(path, title)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(
+                f"<h2>{html.escape(title)}</h2><figure>{_img(path, title)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
 
     env = dict(s.get("environment") or {})
     env_rows: list[tuple[str, Any]] = [("device / strategy", s.get("strategy", "-"))]
@@ -254,7 +261,7 @@ def build_report(run: Run) -> str:
     parts += ["<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>"]
     body = "\n".join(parts)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(run.name)}: trainyard report</title><style>{CSS}</style></head>\n<body>\n{body}\n"
         f'<p class="sub">written by trainyard on {dt.datetime.now().isoformat(sep=" ", timespec="seconds")}</p>\n</body></html>\n'
     )

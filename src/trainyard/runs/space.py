@@ -44,10 +44,15 @@ def _check_call(key: str, text: str) -> None:
     if name not in KINDS:
         from trainyard.config import suggest
 
-        raise ConfigError(f"{key}={text}: not a range this sweep knows{suggest(name, KINDS)}; ranges: uniform(LOW,HIGH), loguniform(LOW,HIGH), randint(LOW,HIGH)")
+        raise ConfigError(
+            f"{key}={text}: not a range this sweep knows{suggest(name, KINDS)}; ranges: uniform(LOW,HIGH), loguniform(LOW,HIGH), randint(LOW,HIGH)"
+        )
     if not RANGE.match(text):
-        raise ConfigError(f"{key}={text}: does not parse; expected {name}(LOW,HIGH), e.g. {name}(1e-4,1e-1)" if name != "randint" else
-                          f"{key}={text}: does not parse; expected randint(LOW,HIGH), e.g. randint(16,64)")
+        raise ConfigError(
+            f"{key}={text}: does not parse; expected {name}(LOW,HIGH), e.g. {name}(1e-4,1e-1)"
+            if name != "randint"
+            else f"{key}={text}: does not parse; expected randint(LOW,HIGH), e.g. randint(16,64)"
+        )
     _range(key, text)
 
 

@@ -62,8 +62,7 @@ def open_storage(url: str | None, folder: Path) -> Any:
         from optuna.storages.journal import JournalFileBackend
 
         return JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
-    from optuna.storages import RDBStorage
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     shown = redact(url)
     try:
@@ -71,7 +70,9 @@ def open_storage(url: str | None, folder: Path) -> Any:
 
         parsed = make_url(url)
     except Exception as exc:
-        raise TrainyardError(f"--storage {shown}: not a database URL ({_first_line(exc)}); e.g. postgresql://USER:PASSWORD@HOST:5432/DB or sqlite:///sweeps.db") from None
+        raise TrainyardError(
+            f"--storage {shown}: not a database URL ({_first_line(exc)}); e.g. postgresql://USER:PASSWORD@HOST:5432/DB or sqlite:///sweeps.db"
+        ) from None
     if parsed.drivername == "postgresql":  # no driver named: the one installed (SQLAlchemy 2.1 assumes psycopg 3, 2.0 psycopg2)
         import importlib.util
 
@@ -86,19 +87,25 @@ def open_storage(url: str | None, folder: Path) -> Any:
     for attempt in range(3):  # two processes creating the tables of a fresh database at once: one of them retries
         try:
             return RDBStorage(
-                url, engine_kwargs={"connect_args": connect_args} if connect_args else None,
-                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                url,
+                engine_kwargs={"connect_args": connect_args} if connect_args else None,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True),
             )
         except ImportError:
             driver = {"postgresql": "psycopg2-binary", "mysql": "PyMySQL"}.get(parsed.get_backend_name(), f"the {parsed.drivername} driver")
-            raise TrainyardError(f"--storage {shown}: the {parsed.get_backend_name()} driver is not installed (pip install {driver})") from None
+            raise TrainyardError(
+                f"--storage {shown}: the {parsed.get_backend_name()} driver is not installed (pip install {driver})"
+            ) from None
         except Exception as exc:  # sqlalchemy's OperationalError (refused, unknown host, bad password), ArgumentError...
             last = exc
             if "already exists" not in str(exc) and "duplicate" not in str(exc).lower():
                 break
             time.sleep(0.5 + attempt)
-    raise TrainyardError(f"--storage {shown}: cannot open the study's database (tried {parsed.get_backend_name()} at {where}): {_first_line(last)}") from None
+    raise TrainyardError(
+        f"--storage {shown}: cannot open the study's database (tried {parsed.get_backend_name()} at {where}): {_first_line(last)}"
+    ) from None
 
 
 def _first_line(exc: Exception | None) -> str:
@@ -197,7 +204,11 @@ def reclaim_dead(study: Any, folder: Path) -> list[str]:
     if heartbeat_enabled(study):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
         fail_stale_trials(study)
-        found += [t.user_attrs.get("run", f"trial {t.number}") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if t.number not in before]
+        found += [
+            t.user_attrs.get("run", f"trial {t.number}")
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if t.number not in before
+        ]
     return found
 
 
@@ -226,8 +237,11 @@ def running_elsewhere(study: Any, folder: Path) -> list[int]:
     from optuna.trial import TrialState
 
     beats = heartbeat_enabled(study)
-    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if beats or (folder / CLAIMS / str(t.number) / ".lock").exists()]
+    return [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if beats or (folder / CLAIMS / str(t.number) / ".lock").exists()
+    ]
 
 
 SPEC_ATTR = "trainyard"  # the study's user attribute holding the sweep's spec (search space, fixed overrides, search)
@@ -259,7 +273,9 @@ def load_study(folder: str | Path, storage: str | None, name: str, worker: int =
         where = f"--storage {redact(storage)}" if storage else f"{folder / JOURNAL}"
         raise TrainyardError(f"no sweep named {name} in {where}") from None
     spec = wait_for_spec(study)
-    study = optuna.load_study(study_name=name, storage=store, sampler=build_sampler(spec, worker, joined), pruner=build_pruner(spec.get("prune"), spec["epochs"]))
+    study = optuna.load_study(
+        study_name=name, storage=store, sampler=build_sampler(spec, worker, joined), pruner=build_pruner(spec.get("prune"), spec["epochs"])
+    )
     return study, spec
 
 
@@ -271,5 +287,7 @@ def wait_for_spec(study: Any, timeout_s: float = 60.0) -> dict:
         if spec is not None:
             return spec
         if time.monotonic() > deadline:
-            raise TrainyardError(f"sweep {study.study_name}: its study has no trainyard spec (made by another tool, or its maker stopped while queueing the trials); pick another --name")
+            raise TrainyardError(
+                f"sweep {study.study_name}: its study has no trainyard spec (made by another tool, or its maker stopped while queueing the trials); pick another --name"
+            )
         time.sleep(0.5)

@@ -17,7 +17,15 @@ from typing import Any
 
 from trainyard.config import load_config
 from trainyard.errors import ConfigError, TrainyardError
-from trainyard.runs.space import format_value, overrides_of, params_of, parse_sweep_args, plan_trials, ranges, space_difference, split_values  # noqa: F401 - re-exported
+from trainyard.runs.space import (
+    format_value,
+    overrides_of,
+    params_of,
+    parse_sweep_args,
+    plan_trials,
+    ranges,
+    space_difference,
+)  # noqa: F401 - re-exported
 from trainyard.runs.study import JOURNAL, SPEC_ATTR, load_study, open_storage, redact, wait_for_spec
 from trainyard.runs.worker import run_workers, say, trial_name, work
 
@@ -48,7 +56,10 @@ def _check_trials(config: str | None, fixed: list[str], axes: dict[str, list[str
     """Every trial's config is valid before the first one trains (TPE: each list value and each range's ends)."""
     if planned is None:
         spans = ranges(axes)
-        values = {k: [format_value(spans[k][0], spans[k][1]), format_value(spans[k][0], spans[k][2])] if k in spans else v for k, v in axes.items()}
+        values = {
+            k: [format_value(spans[k][0], spans[k][1]), format_value(spans[k][0], spans[k][2])] if k in spans else v
+            for k, v in axes.items()
+        }
         planned = [[f"{k}={value if k == key else values[k][0]}" for k in axes] for key in axes for value in values[key]]
     for overrides in planned:
         load_config(config, fixed + overrides)
@@ -65,8 +76,19 @@ class Sweep:
 
     # --- making or joining the study ------------------------------------------------------
     @classmethod
-    def create(cls, config: str | None, items: list[str], random_trials: int | None, seed: int, name: str | None, *,
-               search: str | None = None, trials: int | None = None, storage: str | None = None, prune: str | None = None) -> "Sweep":
+    def create(
+        cls,
+        config: str | None,
+        items: list[str],
+        random_trials: int | None,
+        seed: int,
+        name: str | None,
+        *,
+        search: str | None = None,
+        trials: int | None = None,
+        storage: str | None = None,
+        prune: str | None = None,
+    ) -> "Sweep":
         """Make the sweep's study, or join the one of this name (the same search space and settings, else one line naming what differs)."""
         import optuna
 
@@ -83,21 +105,39 @@ class Sweep:
         _check_trials(config, fixed, axes, planned)
         monitor, direction = _direction(base)
         if prune is not None and base.parallel.strategy in ("ddp", "pipeline"):  # every process would have to agree on the stop
-            raise ConfigError(f"--prune {prune}: trials under parallel.strategy={base.parallel.strategy} run in several processes and cannot be pruned; "
-                              "use single, dp or model, or sweep without --prune")
+            raise ConfigError(
+                f"--prune {prune}: trials under parallel.strategy={base.parallel.strategy} run in several processes and cannot be pruned; "
+                "use single, dp or model, or sweep without --prune"
+            )
         if prune is not None:
             has_val = base.data.val_fraction > 0 or base.data.val_path is not None
             if not has_val or not monitor.startswith("val/"):
-                raise ConfigError(f"--prune {prune}: needs a validation split to compare trials by (data.val_fraction={base.data.val_fraction}, "
-                                  f"trainer.monitor={monitor}); set data.val_fraction above 0 and monitor a val/ metric")
+                raise ConfigError(
+                    f"--prune {prune}: needs a validation split to compare trials by (data.val_fraction={base.data.val_fraction}, "
+                    f"trainer.monitor={monitor}); set data.val_fraction above 0 and monitor a val/ metric"
+                )
         compared = {
             "config_sha": _sha(Path(config).read_bytes()) if config else None,
-            "overrides": [f for f in fixed if not f.partition("=")[0].strip().startswith("track.root")],  # where trials are kept may differ per machine
-            "axes": axes, "search": search, "trials": total_trials, "seed": seed, "prune": prune,
+            "overrides": [
+                f for f in fixed if not f.partition("=")[0].strip().startswith("track.root")
+            ],  # where trials are kept may differ per machine
+            "axes": axes,
+            "search": search,
+            "trials": total_trials,
+            "seed": seed,
+            "prune": prune,
         }
         total = len(planned) if planned is not None else total_trials
-        spec = {**compared, "config": str(Path(config).resolve()) if config else None, "total": total, "width": max(3, len(str(total - 1))),
-                "epochs": base.trainer.epochs, "monitor": monitor, "direction": direction, "version": 1}
+        spec = {
+            **compared,
+            "config": str(Path(config).resolve()) if config else None,
+            "total": total,
+            "width": max(3, len(str(total - 1))),
+            "epochs": base.trainer.epochs,
+            "monitor": monitor,
+            "direction": direction,
+            "version": 1,
+        }
         name = name or "sweep-" + _sha(json.dumps(compared, sort_keys=True).encode())[:8]  # the same command: the same study
         if not name or "/" in name or name in (".", ".."):
             raise ConfigError(f"--name {name!r}: must be a plain folder name")
@@ -125,7 +165,9 @@ class Sweep:
             theirs = wait_for_spec(study)
             _same_spec(name, compared, theirs)
             spec = {**theirs, "config": spec["config"]}
-        (folder / STATE_FILE).write_text(json.dumps({"study": name, "storage": redact(storage) if storage else JOURNAL}, indent=2) + "\n", encoding="utf-8")
+        (folder / STATE_FILE).write_text(
+            json.dumps({"study": name, "storage": redact(storage) if storage else JOURNAL}, indent=2) + "\n", encoding="utf-8"
+        )
         study, spec = load_study(folder, storage, name, worker=0, joined=not made)
         return cls(folder, study, spec, name, storage, config)
 
@@ -176,8 +218,13 @@ class Sweep:
             else:
                 status = "interrupted" if "failed_trial" in t.system_attrs else "pending"
             overrides = t.user_attrs.get("overrides") or overrides_of(t.system_attrs.get("fixed_params") or t.params, self.spec["axes"])
-            entry = {"name": t.user_attrs.get("run") or trial_name(number, self.spec["width"]), "overrides": overrides, "status": status,
-                     "number": number, "latest": t.number}
+            entry = {
+                "name": t.user_attrs.get("run") or trial_name(number, self.spec["width"]),
+                "overrides": overrides,
+                "status": status,
+                "number": number,
+                "latest": t.number,
+            }
             if t.user_attrs.get("error"):
                 entry["error"] = t.user_attrs["error"]
             if t.value is not None:
@@ -203,7 +250,9 @@ class Sweep:
         if not runs:
             return [], [], None
         monitor = next((r.monitor for r in runs if r.monitor), None) or self.spec.get("monitor")
-        recorded = next((r.status_json.get("monitor_mode") for r in runs if r.status_json.get("monitor_mode")), None)  # the task's own direction
+        recorded = next(
+            (r.status_json.get("monitor_mode") for r in runs if r.status_json.get("monitor_mode")), None
+        )  # the task's own direction
         mode = recorded or ("max" if self.spec.get("direction") == "maximize" else "min")
         try:
             headers, rows = runs_table(runs, sort=f"best/{monitor}", reverse=mode == "max")
@@ -212,7 +261,6 @@ class Sweep:
         rank = {status: i + 1 for i, status in enumerate(LAST)}
         rows.sort(key=lambda row: rank.get(row[1], 0))  # stable: best first within each group
         return headers, rows, monitor
-
 
     def _study_run(self, trial: dict[str, Any]):
         """A table row for a trial whose run folder is not here: its config and value as the study holds them."""
@@ -228,8 +276,19 @@ class Sweep:
         started = t.datetime_start.timestamp() if t.datetime_start else None
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         metrics = {f"best/{monitor}": value} if value is not None and trial["status"] == "finished" else {}
-        return Run(self.folder / trial["name"], trial["name"], trial["status"], started, duration, config, metrics, monitor,
-                   value, {"monitor": monitor}, None)
+        return Run(
+            self.folder / trial["name"],
+            trial["name"],
+            trial["status"],
+            started,
+            duration,
+            config,
+            metrics,
+            monitor,
+            value,
+            {"monitor": monitor},
+            None,
+        )
 
 
 def _search(search: str | None, random_trials: int | None, trials: int | None) -> tuple[str, int | None]:

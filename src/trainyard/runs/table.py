@@ -231,7 +231,13 @@ def metric_columns(runs: list[Run]) -> list[str]:
     """The metrics' columns. A metric stored with its interval (``test/accuracy/low``, ``/high``, ``/count``) gets
     two more: ``test/accuracy/ci`` (``0.827-0.898``, sorted by its lower end) and ``test/accuracy/count``."""
     names = {k for r in runs for k in r.metrics if k.startswith(("best/", "test/", "val/")) and not is_interval_key(k)}
-    names |= {f"{k.rsplit('/', 1)[0]}/{part}" for r in runs for k in r.metrics if k.endswith("/low") and is_interval_key(k) for part in ("ci", "count")}
+    names |= {
+        f"{k.rsplit('/', 1)[0]}/{part}"
+        for r in runs
+        for k in r.metrics
+        if k.endswith("/low") and is_interval_key(k)
+        for part in ("ci", "count")
+    }
     order = {"best/": 0, "test/": 1, "val/": 2}
     return sorted(names, key=lambda k: (order[k[: k.index("/") + 1]], k))
 
@@ -265,7 +271,10 @@ def runs_table(runs: list[Run], sort: str = "started", reverse: bool = False) ->
     hparams = differing_hparams(readable) if len(readable) > 1 else []
     metrics = metric_columns(runs)
     headers = ["name", "status", "started", "duration", *hparams, *metrics]
-    raw = [[r.name, r.status, r.started, r.duration_s, *(r.config.get(k) for k in hparams), *(metric_value(r.metrics, k) for k in metrics)] for r in runs]
+    raw = [
+        [r.name, r.status, r.started, r.duration_s, *(r.config.get(k) for k in hparams), *(metric_value(r.metrics, k) for k in metrics)]
+        for r in runs
+    ]
 
     column = sort_column(headers, sort)
     index = headers.index(column)

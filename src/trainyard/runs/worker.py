@@ -106,7 +106,11 @@ def run_trial(study: Any, spec: dict, folder: Path, config: str | None, trial: A
         log(f"   {name} pruned: {exc}")
         return "pruned"
     except Exception as exc:  # one failing trial (diverged, out of memory) does not end the sweep
-        outcome = "diverged" if getattr(exc, "run_status", None) == "diverged" or read_status(folder / name).get("status") == "diverged" else "failed"
+        outcome = (
+            "diverged"
+            if getattr(exc, "run_status", None) == "diverged" or read_status(folder / name).get("status") == "diverged"
+            else "failed"
+        )
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         trial.set_user_attr("status", outcome)
         trial.set_user_attr("error", error)
@@ -199,7 +203,10 @@ def run_workers(open_args: dict, config: str | None, workers: int, log=say) -> b
 
     previous = signal.signal(signal.SIGTERM, terminate)
     procs = {i: start(i) for i in range(workers)}
-    log(f"{workers} workers, {threads} CPU thread{'s' if threads > 1 else ''} each" + (f", GPUs {', '.join(str(i % gpus) for i in range(workers))}" if gpus > 1 else ""))
+    log(
+        f"{workers} workers, {threads} CPU thread{'s' if threads > 1 else ''} each"
+        + (f", GPUs {', '.join(str(i % gpus) for i in range(workers))}" if gpus > 1 else "")
+    )
     restarts, interrupted, problem = 0, False, None
     try:
         while procs:

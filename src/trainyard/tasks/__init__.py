@@ -65,21 +65,26 @@ def make_criterion(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | 
             return found
         logits = output_logits(out)
         if logits is None or loss is None:
-            raise ConfigError("the model's output holds no loss and no logits, and the task has no loss to compute; return a tensor of predictions, or a dict with 'loss'")
+            raise ConfigError(
+                "the model's output holds no loss and no logits, and the task has no loss to compute; return a tensor of predictions, or a dict with 'loss'"
+            )
         return criterion(logits, y)
 
     if loss is None:
         return own
     if adapt is None:
+
         def criterion(out: Any, y: torch.Tensor) -> torch.Tensor:
             if out.__class__ is Tensor and out.ndim:
                 return loss(out, y)
             return own(out, y)
     else:
+
         def criterion(out: Any, y: torch.Tensor) -> torch.Tensor:
             if out.__class__ is Tensor and out.ndim:
                 return loss(*adapt(out, y))
             return own(out, y)
+
     return criterion
 
 
@@ -100,7 +105,9 @@ def build_loss(spec: Any, args: dict | None, key: str = "task.loss") -> Callable
         elif spec in _torch_losses():
             obj = getattr(nn, spec)
         else:
-            raise ConfigError(f"{key}={spec}: unknown loss; a torch.nn loss ({', '.join(_torch_losses()[:8])}, ...) or an import path{hint(spec, _torch_losses())}")
+            raise ConfigError(
+                f"{key}={spec}: unknown loss; a torch.nn loss ({', '.join(_torch_losses()[:8])}, ...) or an import path{hint(spec, _torch_losses())}"
+            )
     else:
         obj = spec
     if isinstance(obj, type):
@@ -115,8 +122,16 @@ def build_loss(spec: Any, args: dict | None, key: str = "task.loss") -> Callable
 
 
 # the usual short names, so val/mae lines up with train/mae
-SHORT_NAMES = {"MeanAbsoluteError": "mae", "MeanSquaredError": "mse", "R2Score": "r2", "MeanAbsolutePercentageError": "mape",
-               "MulticlassAccuracy": "accuracy", "BinaryAccuracy": "accuracy", "MultilabelAccuracy": "accuracy", "AUROC": "auroc"}
+SHORT_NAMES = {
+    "MeanAbsoluteError": "mae",
+    "MeanSquaredError": "mse",
+    "R2Score": "r2",
+    "MeanAbsolutePercentageError": "mape",
+    "MulticlassAccuracy": "accuracy",
+    "BinaryAccuracy": "accuracy",
+    "MultilabelAccuracy": "accuracy",
+    "AUROC": "auroc",
+}
 
 
 def metric_name(cls_name: str, args: dict) -> str:
@@ -143,7 +158,9 @@ def _metric_class(name: str, key: str):
         if isinstance(cls, type):
             return cls
     known = [n for n in dir(torchmetrics) if n[:1].isupper()]
-    raise ConfigError(f"{key}: unknown metric {name!r}; a torchmetrics class name (Accuracy, F1Score, MeanAbsoluteError, ...) or an import path{hint(name, known)}")
+    raise ConfigError(
+        f"{key}: unknown metric {name!r}; a torchmetrics class name (Accuracy, F1Score, MeanAbsoluteError, ...) or an import path{hint(name, known)}"
+    )
 
 
 def parse_metrics(spec: Any, key: str = "task.metrics") -> list[tuple[str, Any, dict]]:
@@ -161,7 +178,7 @@ def parse_metrics(spec: Any, key: str = "task.metrics") -> list[tuple[str, Any, 
             cls = _metric_class(item, where)
             out.append((metric_name(cls.__name__, {}), cls, {}))
         elif isinstance(item, Mapping) and len(item) == 1:
-            (name, value), = item.items()
+            ((name, value),) = item.items()
             if isinstance(value, (dict, type(None))):
                 args = dict(value or {})
                 target = args.pop("metric", None)
@@ -283,8 +300,12 @@ def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[fl
 def interval_entries(prefix: str, name: str, correct: float, count: float) -> dict[str, float]:
     """``{prefix/name/correct, /count, /low, /high}`` for ``correct`` of ``count`` samples."""
     low, high = wilson_interval(correct, count)
-    return {f"{prefix}/{name}/correct": float(correct), f"{prefix}/{name}/count": float(count),
-            f"{prefix}/{name}/low": low, f"{prefix}/{name}/high": high}
+    return {
+        f"{prefix}/{name}/correct": float(correct),
+        f"{prefix}/{name}/count": float(count),
+        f"{prefix}/{name}/low": low,
+        f"{prefix}/{name}/high": high,
+    }
 
 
 def metric_with_interval(metrics: Mapping[str, Any], key: str, digits: int = 4) -> str:
@@ -331,6 +352,8 @@ def build_task(cfg: Any, info: Any, *, loss: Any = None, metrics: Any = None, ta
         return spec
     cls = task_class(spec)
     try:
-        return cls(info, loss=loss if loss is not None else t.loss, loss_args=t.loss_args, metrics=metrics if metrics is not None else t.metrics)
+        return cls(
+            info, loss=loss if loss is not None else t.loss, loss_args=t.loss_args, metrics=metrics if metrics is not None else t.metrics
+        )
     except TypeError as exc:
         raise ConfigError(f"task.name={spec}: {signature_text(cls)} cannot be built ({exc})") from None

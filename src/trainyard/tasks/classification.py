@@ -41,9 +41,13 @@ class Classification(Task):
 
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
         if targets.ndim > 1:
-            raise DataError(f"{where}: targets are vectors of {targets.shape[-1]}, but task=classification takes one class id per sample; for 0/1 label vectors use task=multilabel")
+            raise DataError(
+                f"{where}: targets are vectors of {targets.shape[-1]}, but task=classification takes one class id per sample; for 0/1 label vectors use task=multilabel"
+            )
         if targets.is_floating_point() and not torch.equal(targets, targets.round()):
-            raise DataError(f"{where}: targets are fractional (e.g. {_example(targets[targets != targets.round()])}), but task=classification takes class ids 0..num_classes-1; for real values use task=regression")
+            raise DataError(
+                f"{where}: targets are fractional (e.g. {_example(targets[targets != targets.round()])}), but task=classification takes class ids 0..num_classes-1; for real values use task=regression"
+            )
 
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
         # max(1).indices is argmax(1) (the first maximum on ties), several times faster on CPU for few classes
@@ -95,11 +99,15 @@ class Binary(Classification):
 
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
         if targets.ndim > 1 and not (targets.ndim == 2 and targets.shape[1] == 1):  # (N, 1) is one value per sample too
-            raise DataError(f"{where}: targets are vectors of {targets.shape[-1]}, but task=binary takes one 0/1 value per sample; use task=multilabel")
+            raise DataError(
+                f"{where}: targets are vectors of {targets.shape[-1]}, but task=binary takes one 0/1 value per sample; use task=multilabel"
+            )
         t = targets.float()
         if bool(((t < 0) | (t > 1)).any()):
             bad = t[(t < 0) | (t > 1)]
-            raise DataError(f"{where}: targets outside [0, 1] (e.g. {_example(bad)}); task=binary takes 0/1 (or probabilities); for class ids use task=classification")
+            raise DataError(
+                f"{where}: targets outside [0, 1] (e.g. {_example(bad)}); task=binary takes 0/1 (or probabilities); for class ids use task=classification"
+            )
 
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
         return outputs.reshape(-1).gt(0).eq_(targets.to(outputs.device).reshape(-1).gt(0.5)).sum(), len(targets)
@@ -153,11 +161,15 @@ class Multilabel(Task):
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
         if targets.ndim < 2:
             what = "class ids" if not targets.is_floating_point() or torch.equal(targets, targets.round()) else "one number per sample"
-            raise DataError(f"{where}: targets are {what} (e.g. {_example(targets)}), but task=multilabel takes a 0/1 vector per sample; "
-                            "for one class per sample use task=classification (task=binary for one yes/no value)")
+            raise DataError(
+                f"{where}: targets are {what} (e.g. {_example(targets)}), but task=multilabel takes a 0/1 vector per sample; "
+                "for one class per sample use task=classification (task=binary for one yes/no value)"
+            )
         t = targets.float()
         if bool(((t != 0) & (t != 1)).any()):
-            raise DataError(f"{where}: targets hold values other than 0 and 1 (e.g. {_example(t[(t != 0) & (t != 1)])}); task=multilabel takes 0/1 label vectors")
+            raise DataError(
+                f"{where}: targets hold values other than 0 and 1 (e.g. {_example(t[(t != 0) & (t != 1)])}); task=multilabel takes 0/1 label vectors"
+            )
 
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
         return outputs.gt(0).eq_(targets.to(outputs.device).gt(0.5)).sum(), targets.numel()
@@ -250,5 +262,11 @@ class ConfusionCollector:
             out.append(("test/confusion_matrix", "confusion", {"matrix": self.matrix.cpu(), "classes": self.classes}))
         images = self.images
         if images:
-            out.append(("test/misclassified", "labelled_grid", {"images": torch.stack(images), "titles": self.titles, "mean": info.mean, "std": info.std}))
+            out.append(
+                (
+                    "test/misclassified",
+                    "labelled_grid",
+                    {"images": torch.stack(images), "titles": self.titles, "mean": info.mean, "std": info.std},
+                )
+            )
         return out

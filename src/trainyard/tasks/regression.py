@@ -43,7 +43,9 @@ class Regression(Task):
         t = targets.float()
         bad = int((~torch.isfinite(t)).sum())
         if bad:
-            raise DataError(f"{where}: {bad} of {t.numel()} target values are NaN or infinite; drop or impute those samples (one makes the loss NaN)")
+            raise DataError(
+                f"{where}: {bad} of {t.numel()} target values are NaN or infinite; drop or impute those samples (one makes the loss NaN)"
+            )
 
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
         targets = targets.to(outputs.device)
@@ -83,4 +85,6 @@ class PredictionCollector:
     def pictures(self) -> list[tuple[str, str, dict]]:
         if not self.pred:
             return []
-        return [("test/predictions", "predictions", {"predicted": torch.cat(self.pred)[:MAX_POINTS], "true": torch.cat(self.true)[:MAX_POINTS]})]
+        return [
+            ("test/predictions", "predictions", {"predicted": torch.cat(self.pred)[:MAX_POINTS], "true": torch.cat(self.true)[:MAX_POINTS]})
+        ]

@@ -73,7 +73,9 @@ class Tuning:
         return self.best.data_wait > DATA_BOUND
 
 
-def train_step(cfg: RunConfig, model: torch.nn.Module, device: torch.device, criterion: Callable[[Any, torch.Tensor], torch.Tensor]) -> Callable[[Any, Any], None]:
+def train_step(
+    cfg: RunConfig, model: torch.nn.Module, device: torch.device, criterion: Callable[[Any, torch.Tensor], torch.Tensor]
+) -> Callable[[Any, Any], None]:
     """The model's real training step (forward under the run's autocast, the task's loss, backward, optimizer
     step), as tune-workers and the doctor's loader check time it."""
     from trainyard.engine.optim import build_optimizer
@@ -121,7 +123,9 @@ class Pass:
         return min(self.wait_s / self.seconds, 1.0) if self.batches else 0.0
 
 
-def timed_pass(loader: Any, seconds: float, step: Callable | None, device: torch.device, *, min_batches: int = 2, max_batches: int | None = None) -> Pass:
+def timed_pass(
+    loader: Any, seconds: float, step: Callable | None, device: torch.device, *, min_batches: int = 2, max_batches: int | None = None
+) -> Pass:
     """Iterate (restarting at each epoch's end, as training does) for about ``seconds`` after the first batch,
     at least ``min_batches`` and at most ``max_batches``, running ``step`` on each batch when given. A loader
     that gives no batch at all is a Pass of 0 batches."""
@@ -211,7 +215,9 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     started = time.perf_counter()  # the budget is for measuring, not for building the data and the model
     first = next(iter(loader_for(0)), None)
     if first is None:
-        raise ConfigError(f"loader.batch_size={cfg.loader.batch_size}: the training loader gives no batch ({len(data.train)} samples, loader.drop_last={str(cfg.loader.drop_last).lower()}); nothing to time")
+        raise ConfigError(
+            f"loader.batch_size={cfg.loader.batch_size}: the training loader gives no batch ({len(data.train)} samples, loader.drop_last={str(cfg.loader.drop_last).lower()}); nothing to time"
+        )
     x, y = first
     compute_s = _compute_time(step, x, y, device, per_run)
     tuning = Tuning([], compute_s, device, cpus)

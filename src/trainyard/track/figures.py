@@ -76,7 +76,9 @@ def sample_titles(labels: Sequence[int] | torch.Tensor, classes: Sequence[str]) 
     return [t if len(t) <= 14 else t[:13] + "…" for t in titles]
 
 
-def samples_figure(images: torch.Tensor, labels: Sequence[int] | torch.Tensor, classes: Sequence[str], mean=None, std=None, cols: int = 8) -> torch.Tensor:
+def samples_figure(
+    images: torch.Tensor, labels: Sequence[int] | torch.Tensor, classes: Sequence[str], mean=None, std=None, cols: int = 8
+) -> torch.Tensor:
     """Augmented training samples titled with their class names (a CHW image): ``trainyard preview`` writes it
     as a PNG, the trainer logs it as ``data/train_samples``."""
     return labelled_grid(images, sample_titles(labels, classes), mean, std, cols=cols)

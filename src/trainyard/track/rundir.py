@@ -150,7 +150,9 @@ class RunLock:
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise TrainyardError(f"run folder {self.path.parent} is in use by {holder}; wait for it to end (or stop it) first") from None
+                raise TrainyardError(
+                    f"run folder {self.path.parent} is in use by {holder}; wait for it to end (or stop it) first"
+                ) from None
             except OSError:  # a file system without locks
                 os.close(fd)
                 return self

@@ -106,7 +106,10 @@ class TensorBoardTracker(Tracker):
                 warnings.simplefilter("ignore")
                 graph, run_metadata = graph_def(model, example)
         except Exception as exc:  # tracing fails on data-dependent control flow: a warning, never a crash
-            warnings.warn(f"model graph not logged: tracing failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", stacklevel=2)
+            warnings.warn(
+                f"model graph not logged: tracing failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                stacklevel=2,
+            )
             return
         self.events.write(Event(graph_def=graph.SerializeToString()))  # the two events add_graph writes
         self.events.write(Event(tagged_run_metadata=TaggedRunMetadata(tag="step1", run_metadata=run_metadata.SerializeToString())))
@@ -148,7 +151,9 @@ def node_proto(name: str, op: str, inputs: list[str], shape: tuple[int, ...] | N
     """A graph node as TensorBoard's graph plugin draws PyTorch models: its settings in ``attr``, its output shape."""
     attr = {"attr": AttrValue(s=attributes.encode())}
     if shape is not None:
-        attr["_output_shapes"] = AttrValue(list=AttrValue.ListValue(shape=[TensorShapeProto(dim=[TensorShapeProto.Dim(size=d) for d in shape])]))
+        attr["_output_shapes"] = AttrValue(
+            list=AttrValue.ListValue(shape=[TensorShapeProto(dim=[TensorShapeProto.Dim(size=d) for d in shape])])
+        )
     return NodeDef(name=name, op=op, input=inputs, attr=attr)
 
 
@@ -161,7 +166,9 @@ def graph_def(model: nn.Module, example: Any) -> tuple[GraphDef, RunMetadata]:
         nodes = _fx_graph_nodes(model, args)
     except Exception:  # not symbolically traceable
         nodes = _jit_graph_nodes(model, args)
-    return GraphDef(node=nodes, versions=VersionDef(producer=22)), RunMetadata(step_stats=StepStats(dev_stats=[DeviceStepStats(device="/device:CPU:0")]))
+    return GraphDef(node=nodes, versions=VersionDef(producer=22)), RunMetadata(
+        step_stats=StepStats(dev_stats=[DeviceStepStats(device="/device:CPU:0")])
+    )
 
 
 def _scope_namer(model: nn.Module):
@@ -252,7 +259,14 @@ def _jit_graph_nodes(model: nn.Module, args: tuple) -> list[NodeDef]:
         name = f"{scope(module_path)}/{node.kind().partition('::')[2]}_{outputs[0].debugName() if outputs else len(protos)}"
         for out in outputs:
             names[out.debugName()] = name
-        protos.append(node_proto(name, node.kind(), [names[v.debugName()] for v in node.inputs() if v.debugName() in names], shape(outputs[0]) if outputs else None))
+        protos.append(
+            node_proto(
+                name,
+                node.kind(),
+                [names[v.debugName()] for v in node.inputs() if v.debugName() in names],
+                shape(outputs[0]) if outputs else None,
+            )
+        )
     for i, value in enumerate(graph.outputs(), 1):
         if value.debugName() in names:
             protos.append(node_proto(f"output/output.{i}", "IO Node", [names[value.debugName()]], shape(value)))

@@ -57,12 +57,21 @@ class WandbTracker(Tracker):
             base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
             why = server_reachable(base_url)
             if why is not None:
-                warnings.warn(f"W&B: cannot reach {base_url} ({why}); logging offline to {run_dir / 'wandb'}; upload later with: wandb sync {run_dir / 'wandb'}", stacklevel=2)
+                warnings.warn(
+                    f"W&B: cannot reach {base_url} ({why}); logging offline to {run_dir / 'wandb'}; upload later with: wandb sync {run_dir / 'wandb'}",
+                    stacklevel=2,
+                )
                 mode = "offline"
         run_id = read_status(run_dir).get("wandb", {}).get("id") if resume_step is not None else None
         kwargs = dict(
-            project=w.project, entity=w.entity, tags=list(w.tags) or None, name=run_dir.name, dir=str(run_dir),
-            config=to_dict(cfg), id=run_id, resume="allow" if run_id else None,
+            project=w.project,
+            entity=w.entity,
+            tags=list(w.tags) or None,
+            name=run_dir.name,
+            dir=str(run_dir),
+            config=to_dict(cfg),
+            id=run_id,
+            resume="allow" if run_id else None,
             settings=wandb.Settings(console="off", silent=True, init_timeout=30),
         )
         try:
@@ -70,7 +79,9 @@ class WandbTracker(Tracker):
         except Exception as exc:  # no API key, server error, timeout: W&B must never stop training
             if mode != "online":
                 raise
-            warnings.warn(f"W&B: online run failed to start ({type(exc).__name__}: {exc}); logging offline to {run_dir / 'wandb'}", stacklevel=2)
+            warnings.warn(
+                f"W&B: online run failed to start ({type(exc).__name__}: {exc}); logging offline to {run_dir / 'wandb'}", stacklevel=2
+            )
             self.run = wandb.init(mode="offline", **kwargs)
         # The trainer's optimizer step is the x-axis of every metric; W&B's own step just counts log calls,
         # so a resumed run (whose steps restart from the checkpoint) never logs "backwards".

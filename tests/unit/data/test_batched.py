@@ -97,7 +97,9 @@ def test_evaluation_splits_and_a_user_tensor_dataset_give_the_same_batches(plain
 
 def test_steps_without_randomness_run_on_the_batch_as_on_each_image(plain_digits):
     base = plain_digits.train.base
-    pipeline = build_pipeline([{"Pad": {"padding": 2}}, {"CenterCrop": {"size": 10}}, {"Resize": {"size": 14}}], "t", mean=(0.3,), std=(0.2,))
+    pipeline = build_pipeline(
+        [{"Pad": {"padding": 2}}, {"CenterCrop": {"size": 10}}, {"Resize": {"size": 14}}], "t", mean=(0.3,), std=(0.2,)
+    )
     split = TransformedSubset(base, plain_digits.train.indices[:200], pipeline)
     fast, slow = pair(split, batch_size=50)
     assert_same_batches(batches(fast), batches(slow))
@@ -154,8 +156,14 @@ def test_training_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path
     from trainyard.engine.run import train
     from trainyard.engine.trainer import Interrupted, Trainer
 
-    common = [f"track.root={tmp_path / 'runs'}", "trainer.epochs=2", "model.width=8", "trainer.progress=false", "loader.batch_size=32",
-              "track.backends=[]"]
+    common = [
+        f"track.root={tmp_path / 'runs'}",
+        "trainer.epochs=2",
+        "model.width=8",
+        "trainer.progress=false",
+        "loader.batch_size=32",
+        "track.backends=[]",
+    ]
     train(load_config(None, common + ["name=full"]))
     monkeypatch.setattr(Trainer, "_stop_signal", property(lambda self: signal.SIGTERM if self.step == 50 else None))
     with pytest.raises(Interrupted):
@@ -181,7 +189,9 @@ def test_affine_and_rotation_use_torchvisions_geometry():
     img = torch.randint(0, 256, (3, 12, 10), dtype=torch.uint8, generator=g)
     cases = [(17.5, 2, -1, 1.1, 5.0, -3.0, "nearest"), (-40.0, 0, 3, 0.8, 0.0, 0.0, "bilinear"), (3.0, -2, 0, 1.0, 0.0, 12.0, "nearest")]
     for angle, tx, ty, scale, shx, shy, mode in cases:
-        want = TF.affine(img, angle=angle, translate=[tx, ty], scale=scale, shear=[shx, shy], interpolation=v2.InterpolationMode(mode), fill=0)
+        want = TF.affine(
+            img, angle=angle, translate=[tx, ty], scale=scale, shear=[shx, shy], interpolation=v2.InterpolationMode(mode), fill=0
+        )
         t = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
         theta = inverse_affine_matrices(t(angle), t(tx), t(ty), t(scale), t(shx), t(shy), (0.0, 0.0))
         got = apply_affine(img.unsqueeze(0), theta, mode, [0.0])[0]
@@ -213,8 +223,10 @@ def assert_same_distribution(slow: torch.Tensor, fast: torch.Tensor, what: str) 
     assert ((ms - mf).abs() <= 5 * se_mean + 0.5).all(), f"{what}: per-pixel means differ by up to {(ms - mf).abs().max():.3g}"
     fourth = ((slow - ms) ** 4).mean(0) + ((fast - mf) ** 4).mean(0)
     se_var = (fourth / n).sqrt()
-    assert ((vs - vf).abs() <= 5 * se_var + 0.05 * (vs + vf) + 1.0).all(), f"{what}: per-pixel variances differ by up to {(vs - vf).abs().max():.3g}"
-    assert ((vs - vf).abs().mean() <= 0.05 * (vs + vf).mean() + 1.0), f"{what}: variances differ on average"
+    assert ((vs - vf).abs() <= 5 * se_var + 0.05 * (vs + vf) + 1.0).all(), (
+        f"{what}: per-pixel variances differ by up to {(vs - vf).abs().max():.3g}"
+    )
+    assert (vs - vf).abs().mean() <= 0.05 * (vs + vf).mean() + 1.0, f"{what}: variances differ on average"
 
 
 @pytest.fixture(scope="module")
@@ -225,17 +237,23 @@ def images(digits):
     return TF.resize(picked, [16, 16], interpolation=v2.InterpolationMode.NEAREST)
 
 
-@pytest.mark.parametrize("step", [
-    v2.RandomCrop(16, padding=3),
-    v2.RandomCrop(12, padding=2, padding_mode="reflect"),
-    v2.RandomCrop((16, 14), padding=(1, 2, 3, 0), fill=77),  # left, top, right, bottom
-    v2.RandomHorizontalFlip(),
-    v2.RandomVerticalFlip(p=0.3),
-    v2.RandomAffine(degrees=10, translate=(0.125, 0.125)),  # the digits default job's
-    v2.RandomAffine(degrees=15, translate=(0.1, 0.2), scale=(0.8, 1.2), shear=(-10, 10, -5, 5), interpolation=v2.InterpolationMode.BILINEAR, fill=40),
-    v2.RandomRotation(degrees=25),
-    v2.RandomRotation(degrees=(-10, 40), interpolation=v2.InterpolationMode.BILINEAR, fill=200),
-], ids=lambda s: repr(s)[:60])
+@pytest.mark.parametrize(
+    "step",
+    [
+        v2.RandomCrop(16, padding=3),
+        v2.RandomCrop(12, padding=2, padding_mode="reflect"),
+        v2.RandomCrop((16, 14), padding=(1, 2, 3, 0), fill=77),  # left, top, right, bottom
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(p=0.3),
+        v2.RandomAffine(degrees=10, translate=(0.125, 0.125)),  # the digits default job's
+        v2.RandomAffine(
+            degrees=15, translate=(0.1, 0.2), scale=(0.8, 1.2), shear=(-10, 10, -5, 5), interpolation=v2.InterpolationMode.BILINEAR, fill=40
+        ),
+        v2.RandomRotation(degrees=25),
+        v2.RandomRotation(degrees=(-10, 40), interpolation=v2.InterpolationMode.BILINEAR, fill=200),
+    ],
+    ids=lambda s: repr(s)[:60],
+)
 def test_batched_augmentation_has_the_per_sample_distribution(step, images):
     slow, fast = per_sample_and_batched(step, images)
     assert slow.shape == fast.shape

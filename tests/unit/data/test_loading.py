@@ -9,9 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from torch.utils.data import Dataset
 
-from conftest import run_cli
 from trainyard.config import LoaderConfig, load_config
 from trainyard.data import build_data
 from trainyard.data.collate import pad_collate

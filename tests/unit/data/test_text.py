@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from trainyard.config import load_config
 from trainyard.data import build_data
 from trainyard.data.bucketing import LengthBucketBatchSampler
@@ -53,11 +53,18 @@ def test_sms_file_reads_with_stratified_seeded_splits(sms: Path):
 
 def test_csv_with_header_quotes_and_jsonl(tmp_path: Path):
     csv_path = tmp_path / "reviews.csv"
-    csv_path.write_text('id,review,sentiment\n1,"good, really ""good""",pos\n2,"bad\nvery bad",neg\n3,fine,pos\n4,awful,neg\n', encoding="utf-8")
-    data = build_data(text_cfg(csv_path, "data.text_field=review", "data.label_field=sentiment", "data.val_fraction=0", "data.test_fraction=0"))
+    csv_path.write_text(
+        'id,review,sentiment\n1,"good, really ""good""",pos\n2,"bad\nvery bad",neg\n3,fine,pos\n4,awful,neg\n', encoding="utf-8"
+    )
+    data = build_data(
+        text_cfg(csv_path, "data.text_field=review", "data.label_field=sentiment", "data.val_fraction=0", "data.test_fraction=0")
+    )
     assert data.info.classes == ["neg", "pos"] and len(data.train) == 4
     jsonl = tmp_path / "reviews.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in [("great", 1), ("poor", 0), ("ok", 1), ("bad", 0)]) + "\n", encoding="utf-8")
+    jsonl.write_text(
+        "\n".join(json.dumps({"text": t, "label": y}) for t, y in [("great", 1), ("poor", 0), ("ok", 1), ("bad", 0)]) + "\n",
+        encoding="utf-8",
+    )
     data = build_data(text_cfg(jsonl, "data.val_fraction=0", "data.test_fraction=0"))
     assert data.info.classes == ["0", "1"] and data.train.labels.tolist() == [1, 0, 1, 0]
 
@@ -66,7 +73,9 @@ def test_separate_split_files(tmp_path: Path):
     rows = lambda n: "".join(f"{'spam' if i % 2 else 'ham'}\tmessage number {i}\n" for i in range(n))  # noqa: E731
     for name, n in (("train.tsv", 20), ("val.tsv", 6), ("test.tsv", 8)):
         (tmp_path / name).write_text(rows(n), encoding="utf-8")
-    data = build_data(text_cfg(tmp_path / "train.tsv", *SMS, f"data.val_path={tmp_path / 'val.tsv'}", f"data.test_path={tmp_path / 'test.tsv'}"))
+    data = build_data(
+        text_cfg(tmp_path / "train.tsv", *SMS, f"data.val_path={tmp_path / 'val.tsv'}", f"data.test_path={tmp_path / 'test.tsv'}")
+    )
     assert (len(data.train), len(data.val), len(data.test)) == (20, 6, 8)
 
 
@@ -82,8 +91,16 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 @pytest.mark.parametrize(
     "content, overrides, message",
     [
-        ("label,body\nham,hi\nspam,win\n", [], r"data\.csv line 1 \(header\): no column 'text' \(data\.text_field\); columns are 'label', 'body'"),
-        ("ham\thi\nspam\twin\n", ["data.format=tsv", "data.columns=[label,message]"], r"data\.csv data\.columns=\['label', 'message'\]: no column 'text'"),
+        (
+            "label,body\nham,hi\nspam,win\n",
+            [],
+            r"data\.csv line 1 \(header\): no column 'text' \(data\.text_field\); columns are 'label', 'body'",
+        ),
+        (
+            "ham\thi\nspam\twin\n",
+            ["data.format=tsv", "data.columns=[label,message]"],
+            r"data\.csv data\.columns=\['label', 'message'\]: no column 'text'",
+        ),
         ("text,label\nhello,ham\n   ,spam\nwin,spam\n", [], r"data\.csv line 3: empty text in 'text'"),
         ("text,label\nhello,ham\nwin\n", [], r"data\.csv line 3: 1 fields, expected 2"),
         (b"text,label\nhello,ham\ncaf\xe9 \xa35,spam\n", [], r"data\.csv line 3: not UTF-8 \(byte 0xe9\)"),
@@ -106,7 +123,9 @@ def test_unseen_label_at_evaluation_names_the_line(tmp_path: Path):
 
 def test_jsonl_missing_field_names_the_line(tmp_path: Path):
     path = write(tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\n{"txt": "b", "label": "y"}\n')
-    with pytest.raises(DataError, match=r"d\.jsonl line 2: no field 'text' \(data\.text_field\); fields are 'txt', 'label'; did you mean txt\?"):
+    with pytest.raises(
+        DataError, match=r"d\.jsonl line 2: no field 'text' \(data\.text_field\); fields are 'txt', 'label'; did you mean txt\?"
+    ):
         build_data(text_cfg(path))
 
 
@@ -146,7 +165,9 @@ def test_tokenizer_round_trip_through_the_run_folder(sms: Path, tmp_path: Path, 
         assert torch.equal(a.flat, b.flat) and torch.equal(a.offsets, b.offsets)
     assert max(data.train.lengths) == 24  # truncation applied
     # resuming reuses the saved tokenizer even when the config would now train a different one
-    resumed = build_data(text_cfg(sms, *SMS, "data.tokenizer=basic" if kind != "basic" else "data.tokenizer=bpe", "data.max_length=24"), run_dir=run_dir)
+    resumed = build_data(
+        text_cfg(sms, *SMS, "data.tokenizer=basic" if kind != "basic" else "data.tokenizer=bpe", "data.max_length=24"), run_dir=run_dir
+    )
     assert torch.equal(resumed.train.flat, data.train.flat) and resumed.info.vocab_size == data.info.vocab_size
     tok = load_tokenizer(run_dir / "tokenizer.json")
     text = "Free entry in 2 a wkly comp to win FA Cup final tkts £"
@@ -155,7 +176,10 @@ def test_tokenizer_round_trip_through_the_run_folder(sms: Path, tmp_path: Path, 
 
 def test_unknown_tokenizer_name_suggests(tmp_path: Path):
     path = write(tmp_path, "d.tsv", "ham\thi\nspam\twin\n")
-    with pytest.raises(ConfigError, match="data.tokenizer=wordpeice: allowed values are basic, wordpiece, bpe or a path to a tokenizer.json .*did you mean wordpiece"):
+    with pytest.raises(
+        ConfigError,
+        match="data.tokenizer=wordpeice: allowed values are basic, wordpiece, bpe or a path to a tokenizer.json .*did you mean wordpiece",
+    ):
         build_data(text_cfg(path, *SMS, "data.tokenizer=wordpeice"))
 
 
@@ -175,7 +199,9 @@ def test_pad_collate_pads_to_longest_with_mask():
 def test_collate_and_dataset_work_in_spawned_workers(sms: Path):
     data = build_data(text_cfg(sms, *SMS))
     assert pickle.loads(pickle.dumps(data.collate_fn))([data.train[0], data.train[1]])[0]["ids"].shape[0] == 2
-    loader = torch.utils.data.DataLoader(data.val, batch_size=16, collate_fn=data.collate_fn, num_workers=1, multiprocessing_context="spawn")
+    loader = torch.utils.data.DataLoader(
+        data.val, batch_size=16, collate_fn=data.collate_fn, num_workers=1, multiprocessing_context="spawn"
+    )
     in_workers = [b for b in loader]
     in_process = [data.collate_fn([data.val[i] for i in range(s, min(s + 16, len(data.val)))]) for s in range(0, len(data.val), 16)]
     for (xa, ya), (xb, yb) in zip(in_workers, in_process):
@@ -279,8 +305,18 @@ def test_each_model_trains_on_sms(sms: Path, tmp_path: Path, model: str):
     from trainyard.engine.run import train
 
     cfg = text_cfg(
-        sms, *SMS, f"model.name={model}", "model.embed_dim=32", "model.width=32", "trainer.epochs=2", "loader.bucket_by_length=true",
-        "optim.lr=0.01", f"track.root={tmp_path / 'runs'}", "name=run", "trainer.progress=false", "track.backends=[]",
+        sms,
+        *SMS,
+        f"model.name={model}",
+        "model.embed_dim=32",
+        "model.width=32",
+        "trainer.epochs=2",
+        "loader.bucket_by_length=true",
+        "optim.lr=0.01",
+        f"track.root={tmp_path / 'runs'}",
+        "name=run",
+        "trainer.progress=false",
+        "track.backends=[]",
     )
     final = train(cfg)
     assert final["train/loss"] < 0.5 and final["test/accuracy"] > 0.8
@@ -292,7 +328,16 @@ def test_each_model_trains_on_sms(sms: Path, tmp_path: Path, model: str):
 def test_resumed_bucketed_run_equals_uninterrupted_and_reuses_saved_tokenizer(sms: Path, tmp_path: Path):
     from trainyard.engine.run import train
 
-    common = [*SMS, "model.name=embedding_bag", "loader.bucket_by_length=true", "loader.bucket_pool=2", "schedule.name=constant", f"track.root={tmp_path}", "trainer.progress=false", "track.backends=[]"]
+    common = [
+        *SMS,
+        "model.name=embedding_bag",
+        "loader.bucket_by_length=true",
+        "loader.bucket_pool=2",
+        "schedule.name=constant",
+        f"track.root={tmp_path}",
+        "trainer.progress=false",
+        "track.backends=[]",
+    ]
     # constant schedule: a cosine schedule over trainer.epochs would differ between a 1-epoch and a 2-epoch run
     straight = train(text_cfg(sms, *common, "trainer.epochs=2", "name=straight"))
     train(text_cfg(sms, *common, "trainer.epochs=1", "name=resumed"))

@@ -77,7 +77,9 @@ def test_cifar_png_image_folder(shared_data: Path):
 
 
 def test_mnist_files_missing_offline_is_one_line(tmp_path: Path, capsys):
-    code, _, err = cli(capsys, "train", "data.dataset=mnist", f"data.root={tmp_path}", "data.download=false", f"track.root={tmp_path / 'runs'}")
+    code, _, err = cli(
+        capsys, "train", "data.dataset=mnist", f"data.root={tmp_path}", "data.download=false", f"track.root={tmp_path / 'runs'}"
+    )
     line = one_line_error(code, err)
     assert f"{tmp_path}/MNIST/raw" in line and "train-images-idx3-ubyte" in line and "ossci-datasets" in line
 
@@ -163,9 +165,20 @@ def test_pipeline_adds_conversion_before_float_steps_and_keeps_user_normalize():
 def test_resnet18_trains_on_one_channel_mnist(shared_data: Path, tmp_path: Path, capsys):
     """1x28x28 MNIST on resnet18, end to end through the CLI; the labelled sample grid reaches TensorBoard."""
     code, out, err = cli(
-        capsys, "train", "data.dataset=mnist", f"data.root={shared_data}", "data.max_samples=64", "model.name=resnet18",
-        "model.small_stem=false", "trainer.epochs=1", "loader.batch_size=32", f"track.root={tmp_path / 'runs'}", "trainer.progress=false",
-        "track.graph=false", "trainer.histogram_every=0", "name=r18",
+        capsys,
+        "train",
+        "data.dataset=mnist",
+        f"data.root={shared_data}",
+        "data.max_samples=64",
+        "model.name=resnet18",
+        "model.small_stem=false",
+        "trainer.epochs=1",
+        "loader.batch_size=32",
+        f"track.root={tmp_path / 'runs'}",
+        "trainer.progress=false",
+        "track.graph=false",
+        "trainer.histogram_every=0",
+        "name=r18",
     )
     assert code == 0, err
     assert "test accuracy" in out
@@ -226,7 +239,9 @@ def test_preview_writes_a_labelled_png_of_augmented_samples(shared_data: Path, t
     from trainyard.commands.vision import preview_figure
 
     out = tmp_path / "grid.png"
-    code, stdout, err = cli(capsys, "preview", "data.dataset=image_folder", f"data.root={shared_data / 'cifar10_png'}", "--out", str(out), "--n", "16")
+    code, stdout, err = cli(
+        capsys, "preview", "data.dataset=image_folder", f"data.root={shared_data / 'cifar10_png'}", "--out", str(out), "--n", "16"
+    )
     assert code == 0, err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "16 training samples" in stdout
 
@@ -256,27 +271,54 @@ def small_folder(shared_data: Path, tmp_path: Path) -> Path:
 
 
 def _folder_run(root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["train", "data.dataset=image_folder", f"data.root={root}", "trainer.epochs=1", "model.width=4", "model.depth=1",
-            "loader.batch_size=4", f"track.root={tmp_path / 'runs'}", "trainer.progress=false", "track.images=false",
-            "track.graph=false", "trainer.histogram_every=0", *extra]
+    return [
+        "train",
+        "data.dataset=image_folder",
+        f"data.root={root}",
+        "trainer.epochs=1",
+        "model.width=4",
+        "model.depth=1",
+        "loader.batch_size=4",
+        f"track.root={tmp_path / 'runs'}",
+        "trainer.progress=false",
+        "track.images=false",
+        "track.graph=false",
+        "trainer.histogram_every=0",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
     "transforms, expected",
     [
         ("[RandomRotaton]", "unknown transform 'RandomRotaton'; did you mean RandomRotation?"),
-        ("[{RandomRotation: {degree: 15}}]", "RandomRotation has no argument 'degree'; did you mean degrees?; signature: RandomRotation(degrees, "),
+        (
+            "[{RandomRotation: {degree: 15}}]",
+            "RandomRotation has no argument 'degree'; did you mean degrees?; signature: RandomRotation(degrees, ",
+        ),
         ("[{RandomCrop: {}}]", "signature: RandomCrop(size, padding=None"),
         ("[{RandomCrop: {size: 64}}]", "data.train_transforms[0] RandomCrop: fails on a 1x28x28 image"),
         ("[{Normalize: {mean: [0.5, 0.5, 0.5], std: [0.2, 0.2, 0.2]}}]", "channel mismatch: 3 means and stds for images with 1 channel(s)"),
-        ("[{Grayscale: {num_output_channels: 3}}]", "(added) Normalize(dataset mean and std): channel mismatch: 1 means and stds for images with 3 channel(s)"),
-        ("[{Grayscale: {num_output_channels: 3}}, {Normalize: {mean: [0.1, 0.1, 0.1], std: [0.3, 0.3, 0.3]}}]",
-         "channel mismatch: data.train_transforms give 3-channel images, data.eval_transforms give 1"),
+        (
+            "[{Grayscale: {num_output_channels: 3}}]",
+            "(added) Normalize(dataset mean and std): channel mismatch: 1 means and stds for images with 3 channel(s)",
+        ),
+        (
+            "[{Grayscale: {num_output_channels: 3}}, {Normalize: {mean: [0.1, 0.1, 0.1], std: [0.3, 0.3, 0.3]}}]",
+            "channel mismatch: data.train_transforms give 3-channel images, data.eval_transforms give 1",
+        ),
         ("[CutMix]", "CutMix mixes a batch of images and their labels"),
     ],
 )
 def test_bad_transforms(shared_data: Path, tmp_path: Path, capsys, transforms: str, expected: str):
-    args = ["train", "data.dataset=mnist", f"data.root={shared_data}", "data.max_samples=20", f"data.train_transforms={transforms}", f"track.root={tmp_path}"]
+    args = [
+        "train",
+        "data.dataset=mnist",
+        f"data.root={shared_data}",
+        "data.max_samples=20",
+        f"data.train_transforms={transforms}",
+        f"track.root={tmp_path}",
+    ]
     line = one_line_error(*cli(capsys, *args)[::2])
     assert expected in line
     assert not (tmp_path / "runs").exists()

@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from conftest import run_cli
 from trainyard.config import load_config
 from trainyard.data import DATASETS, DataBundle, DataInfo
 from trainyard.data.splits import TensorPairs, TransformedSubset
@@ -401,8 +401,14 @@ def test_labels_imbalance_is_reported(tmp_path, dataset):
 
 
 def test_labels_user_regression_dataset(tmp_path):
-    findings = doctor(tmp_path, f"data.dataset={HERE}:regression_targets", "task.name=regression", "model.name=mlp", "model.width=16",
-                      only=["labels", "forward", "overfit", "gradients", "modes"])
+    findings = doctor(
+        tmp_path,
+        f"data.dataset={HERE}:regression_targets",
+        "task.name=regression",
+        "model.name=mlp",
+        "model.width=16",
+        only=["labels", "forward", "overfit", "gradients", "modes"],
+    )
     assert {n: f.status for n, f in findings.items()} == {n: PASS for n in findings}, [f.saw for f in findings.values()]
     assert "144 training targets finite: mean" in findings["labels"].saw and ", std 0.98, range [" in findings["labels"].saw
     assert "-> predictions (64, 1); initial loss" in findings["forward"].saw and "predicting the mean = " in findings["forward"].saw
@@ -422,8 +428,14 @@ def test_labels_regression_far_from_scale_one_warns(tmp_path):
 
 
 def test_multilabel_user_dataset_and_dict_output(tmp_path):
-    findings = doctor(tmp_path, f"data.dataset={HERE}:multilabel_targets", "task.name=multilabel", f"model.name={HERE}:DictHead", "optim.lr=0.03",
-                      only=["labels", "forward", "overfit", "gradients", "modes"])
+    findings = doctor(
+        tmp_path,
+        f"data.dataset={HERE}:multilabel_targets",
+        "task.name=multilabel",
+        f"model.name={HERE}:DictHead",
+        "optim.lr=0.03",
+        only=["labels", "forward", "overfit", "gradients", "modes"],
+    )
     assert {n: f.status for n, f in findings.items()} == {n: PASS for n in findings}, [f.saw for f in findings.values()]
     assert findings["labels"].saw.startswith("4 labels in 200 training targets, positive rate ")
     assert "-> logits (64, 4)" in findings["forward"].saw and "(chance ln 2 per label = 0.6931)" in findings["forward"].saw
@@ -444,15 +456,23 @@ def test_multilabel_targets_given_as_class_ids_fail_with_the_tasks_message(tmp_p
 
 
 def test_binary_user_dataset(tmp_path):
-    findings = doctor(tmp_path, f"data.dataset={HERE}:binary_targets", "task.name=binary", f"model.name={HERE}:DictHead", "optim.lr=0.03",
-                      only=["labels", "forward", "overfit", "modes"])
+    findings = doctor(
+        tmp_path,
+        f"data.dataset={HERE}:binary_targets",
+        "task.name=binary",
+        f"model.name={HERE}:DictHead",
+        "optim.lr=0.03",
+        only=["labels", "forward", "overfit", "modes"],
+    )
     assert {n: f.status for n, f in findings.items()} == {n: PASS for n in findings}, [f.saw for f in findings.values()]
     assert "144 training targets in {0, 1}: " in findings["labels"].saw and "positive (" in findings["labels"].saw
     assert "-> logits (64, 1)" in findings["forward"].saw and "(chance ln 2 = 0.6931)" in findings["forward"].saw
 
 
 def test_forward_user_model_output_does_not_fit_the_task(tmp_path):
-    f = doctor(tmp_path, f"data.dataset={HERE}:multilabel_targets", "task.name=multilabel", f"model.name={HERE}:ThreeLogits", only=["forward"])["forward"]
+    f = doctor(
+        tmp_path, f"data.dataset={HERE}:multilabel_targets", "task.name=multilabel", f"model.name={HERE}:ThreeLogits", only=["forward"]
+    )["forward"]
     assert f.status == FAIL and "output (64, 3) for targets (64, 4)" in f.saw, f.saw
     assert "output 4 per sample" in f.fix
 
@@ -507,7 +527,9 @@ def test_gradients_unused_parameter_warns(tmp_path, model):
 def test_gradients_unused_parameter_fails_under_ddp(tmp_path, model):
     f = doctor(tmp_path, model(unused_branch), "parallel.strategy=ddp", only=["gradients"])["gradients"]
     assert f.status == FAIL and "parallel.find_unused_parameters=true" in f.fix
-    f = doctor(tmp_path, model(unused_branch), "parallel.strategy=ddp", "parallel.find_unused_parameters=true", only=["gradients"])["gradients"]
+    f = doctor(tmp_path, model(unused_branch), "parallel.strategy=ddp", "parallel.find_unused_parameters=true", only=["gradients"])[
+        "gradients"
+    ]
     assert f.status == WARN
 
 
@@ -534,7 +556,14 @@ def test_loader_pin_memory_without_cuda_and_too_many_workers(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("pin_memory is right on CUDA")
-    f = doctor(tmp_path, "model.name=mlp", "loader.pin_memory=true", f"loader.num_workers={cpu_count() + 1}", "loader.batch_size=256", only=["loader"])["loader"]
+    f = doctor(
+        tmp_path,
+        "model.name=mlp",
+        "loader.pin_memory=true",
+        f"loader.num_workers={cpu_count() + 1}",
+        "loader.batch_size=256",
+        only=["loader"],
+    )["loader"]
     assert f.status == WARN
     assert "loader.pin_memory=true on cpu" in f.saw and "set loader.pin_memory=auto" in f.fix
     assert f"loader.num_workers={cpu_count() + 1} on {cpu_count()} CPUs" in f.saw
@@ -564,7 +593,15 @@ def test_sampler_ranks_overlap(tmp_path, monkeypatch):
 
 def test_sampler_real_distributed_sampler_passes(tmp_path, monkeypatch):
     monkeypatch.setitem(STRATEGIES, "ddp", f"{HERE}:PlainDDP")
-    f = doctor(tmp_path, "parallel.strategy=ddp", "parallel.devices=4", "loader.batch_size=32", "trainer.accumulate=2", "model.width=8", only=["sampler"])["sampler"]
+    f = doctor(
+        tmp_path,
+        "parallel.strategy=ddp",
+        "parallel.devices=4",
+        "loader.batch_size=32",
+        "trainer.accumulate=2",
+        "model.width=8",
+        only=["sampler"],
+    )["sampler"]
     assert f.status == PASS, f.saw
     assert "each rank gets 324 of 1295 samples, disjoint" in f.saw
     assert "batch 32 per rank x 4 ranks x accumulate 2 = 256 samples per optimizer step" in f.saw

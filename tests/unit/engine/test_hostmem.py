@@ -17,7 +17,13 @@ def test_only_a_config_that_names_the_key_sets_it(tmp_path):
     named.write_text("trainer: {keep_host_memory: true}\n")
     unnamed = tmp_path / "unnamed.yaml"
     unnamed.write_text("trainer: {epochs: 1}\n")
-    for config in ({"trainer.keep_host_memory": True}, {"trainer": {"keep_host_memory": False}}, ["trainer.keep_host_memory=true"], named, load_config(None)):
+    for config in (
+        {"trainer.keep_host_memory": True},
+        {"trainer": {"keep_host_memory": False}},
+        ["trainer.keep_host_memory=true"],
+        named,
+        load_config(None),
+    ):
         assert sets_keep_host_memory(config), config
     for config in (None, {"trainer.epochs": 1}, {"trainer": {"epochs": 1}}, ["trainer.epochs=1"], unnamed):
         assert not sets_keep_host_memory(config), config

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from trainyard.cli import main
 from trainyard.config import load_config
 from trainyard.engine import checkpoint as checkpoint_module
@@ -27,7 +27,14 @@ from trainyard.errors import CheckpointError
 
 
 def config(tmp_path: Path, *overrides: str):
-    base = [f"track.root={tmp_path / 'runs'}", "trainer.epochs=2", "trainer.log_every=5", "model.width=8", "trainer.progress=false", "data.train_transforms=[]"]
+    base = [
+        f"track.root={tmp_path / 'runs'}",
+        "trainer.epochs=2",
+        "trainer.log_every=5",
+        "model.width=8",
+        "trainer.progress=false",
+        "data.train_transforms=[]",
+    ]
     return load_config(None, base + list(overrides))
 
 
@@ -224,10 +231,19 @@ def test_resume_after_epoch_two_is_bitwise_identical(tmp_path, monkeypatch):
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(tmp_path):
-    common = [f"track.root={tmp_path / 'runs'}", "trainer.epochs=3", "model.width=8", "trainer.progress=false", "trainer.log_every=1", "loader.batch_size=16"]
+    common = [
+        f"track.root={tmp_path / 'runs'}",
+        "trainer.epochs=3",
+        "model.width=8",
+        "trainer.progress=false",
+        "trainer.log_every=1",
+        "loader.batch_size=16",
+    ]
     assert main(["train", *common, "name=full"]) == 0
 
-    proc = subprocess.Popen([sys.executable, "-m", "trainyard", "train", *common, "name=cut"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainyard", "train", *common, "name=cut"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     metrics = tmp_path / "runs" / "cut" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 10):
@@ -292,7 +308,15 @@ def test_hot_path_reads_values_only_at_log_steps(tmp_path, monkeypatch):
 
         return read
 
-    cfg = config(tmp_path, "name=sync", "trainer.epochs=1", "trainer.log_every=1000", "data.val_fraction=0", "data.test_fraction=0", "loader.batch_size=8")
+    cfg = config(
+        tmp_path,
+        "name=sync",
+        "trainer.epochs=1",
+        "trainer.log_every=1000",
+        "data.val_fraction=0",
+        "data.test_fraction=0",
+        "loader.batch_size=8",
+    )
     for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
         monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
     trainer_steps = []
@@ -310,7 +334,16 @@ def test_hot_path_reads_values_only_at_log_steps(tmp_path, monkeypatch):
 
 
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
-    common = ["model.name=mlp", "optim.name=sgd", "optim.lr=0.1", "trainer.max_steps=6", "trainer.epochs=1", "data.val_fraction=0", "data.test_fraction=0", "data.train_transforms=[]"]
+    common = [
+        "model.name=mlp",
+        "optim.name=sgd",
+        "optim.lr=0.1",
+        "trainer.max_steps=6",
+        "trainer.epochs=1",
+        "data.val_fraction=0",
+        "data.test_fraction=0",
+        "data.train_transforms=[]",
+    ]
     train(config(tmp_path, "name=big", "loader.batch_size=32", *common))
     train(config(tmp_path, "name=acc", "loader.batch_size=16", "trainer.accumulate=2", *common))
     a, b = weights(tmp_path / "runs" / "big"), weights(tmp_path / "runs" / "acc")
@@ -319,7 +352,16 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
 
 
 def test_clip_grad_norm_bounds_each_sgd_step(tmp_path):
-    common = ["model.name=mlp", "optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.lr=1.0", "schedule.name=constant", "trainer.max_steps=3", "trainer.epochs=1"]
+    common = [
+        "model.name=mlp",
+        "optim.name=sgd",
+        "optim.momentum=0",
+        "optim.weight_decay=0",
+        "optim.lr=1.0",
+        "schedule.name=constant",
+        "trainer.max_steps=3",
+        "trainer.epochs=1",
+    ]
     train(config(tmp_path, "name=clipped", "trainer.clip_grad_norm=1e-4", *common))
     start = load_config(None, [])  # the initial weights: same seed, same model
     from trainyard.data import build_data
@@ -337,7 +379,9 @@ def test_clip_grad_norm_bounds_each_sgd_step(tmp_path):
 
 
 def test_early_stopping_stops_when_the_monitor_stalls(tmp_path):
-    final = train(config(tmp_path, "name=es", "model.name=mlp", "trainer.epochs=10", "trainer.patience=2", "optim.lr=1e-12", "schedule.name=constant"))
+    final = train(
+        config(tmp_path, "name=es", "model.name=mlp", "trainer.epochs=10", "trainer.patience=2", "optim.lr=1e-12", "schedule.name=constant")
+    )
     rows = [json.loads(line) for line in (tmp_path / "runs" / "es" / "metrics.jsonl").read_text().splitlines()]
     epochs = {r["epoch"] for r in rows if "val/accuracy" in r}
     assert len(epochs) == 3  # the first sets the best, two more without improvement
@@ -478,7 +522,14 @@ def test_totals_release_each_steps_graph_at_a_fold_and_record_none(tmp_path):
         payload = Payload()
         graphs.append(weakref.ref(payload))
         x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
-        loss, logits = strategy.forward_backward(lambda x: model(Tag.apply(x.requires_grad_(), payload)), x, y, torch.nn.CrossEntropyLoss(), contextlib.nullcontext, lambda loss: loss)
+        loss, logits = strategy.forward_backward(
+            lambda x, payload=payload: model(Tag.apply(x.requires_grad_(), payload)),
+            x,
+            y,
+            torch.nn.CrossEntropyLoss(),
+            contextlib.nullcontext,
+            lambda loss: loss,
+        )
         totals.add(loss, y, logits)
         del payload, loss, logits, x
     gc.collect()
@@ -519,7 +570,11 @@ def test_freed_host_memory_is_kept_for_the_next_step(tmp_path):
     process with glibc's own settings faults depends on its heap's layout (0 or 8,160 a step here, run to run),
     so both sides start from glibc's starting thresholds held fixed: only the run's own setting differs."""
     bare, trainer = (
-        int(subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True).stdout.split()[-1])
+        int(
+            subprocess.run(
+                [sys.executable, "-c", FAULTS_PER_STEP, mode, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+            ).stdout.split()[-1]
+        )
         for mode in ("bare", "trainer")
     )
     assert bare > 4000 and trainer < 100, (bare, trainer)  # 32 MiB a step is 8192 fresh pages

@@ -1,4 +1,4 @@
-"""Fault injection for tests/test_ddp.py, plugged in as ``loader.collate=ddp_faults:collate``.
+"""Fault injection for tests/unit/parallel/test_ddp.py, plugged in as ``loader.collate=ddp_faults:collate``.
 
 FAULT=raise|kill|hang picks what rank FAULT_RANK (default 1) does at its FAULT_AT-th batch, or (with
 FAULT_WHEN set to a glob) at its first batch once a file matches the glob. With FAULT_ONCE set to a path,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SRC, interrupt_run, run_cli
+
 from trainyard.config import load_config
 from trainyard.engine.checkpoint import load_checkpoint
 from trainyard.errors import ConfigError
@@ -25,9 +25,18 @@ from trainyard.parallel.launch import first_host, launcher_env
 
 TESTS = Path(__file__).resolve().parent
 SETUP = [
-    "model.name=mlp", "model.width=16", "optim.name=sgd", "optim.lr=0.05", "optim.weight_decay=0", "schedule.name=constant",
-    "data.train_transforms=[]", "trainer.progress=false", "trainer.log_every=4", "trainer.histogram_every=0",
-    "track.images=false", "track.graph=false",
+    "model.name=mlp",
+    "model.width=16",
+    "optim.name=sgd",
+    "optim.lr=0.05",
+    "optim.weight_decay=0",
+    "schedule.name=constant",
+    "data.train_transforms=[]",
+    "trainer.progress=false",
+    "trainer.log_every=4",
+    "trainer.histogram_every=0",
+    "track.images=false",
+    "track.graph=false",
 ]
 # Every child: one thread (2 processes share 2 cores), trainyard and the fault plugin importable.
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
@@ -99,7 +108,11 @@ def test_two_ranks_of_batch_b_train_like_one_process_of_batch_2b(pair):
     assert single.keys() == ddp.keys()  # plain module keys, no "module." prefix
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=0, atol=1e-5, msg=name)
-    assert load_checkpoint(pair["single"] / "checkpoints" / "last.pt")["step"] == load_checkpoint(pair["ddp"] / "checkpoints" / "last.pt")["step"] == 12
+    assert (
+        load_checkpoint(pair["single"] / "checkpoints" / "last.pt")["step"]
+        == load_checkpoint(pair["ddp"] / "checkpoints" / "last.pt")["step"]
+        == 12
+    )
 
 
 @pytest.mark.timeout(300)
@@ -130,8 +143,13 @@ def test_checkpoint_moves_between_ddp_and_single(pair):
 
 @pytest.mark.timeout(180)
 def test_torchrun_two_processes(tmp_path, port):
-    job = torchrun(["--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"],
-                   f"track.root={tmp_path}", "parallel.strategy=ddp", "trainer.epochs=1", "trainer.max_steps=6")
+    job = torchrun(
+        ["--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"],
+        f"track.root={tmp_path}",
+        "parallel.strategy=ddp",
+        "trainer.epochs=1",
+        "trainer.max_steps=6",
+    )
     out = job.communicate(timeout=170)
     assert job.returncode == 0, out
     run = only_run(tmp_path)
@@ -142,8 +160,13 @@ def test_torchrun_two_processes(tmp_path, port):
 @pytest.mark.timeout(180)
 def test_torchrun_two_nodes_on_one_host(tmp_path, port):
     nodes = [
-        torchrun(["--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}"],
-                 f"track.root={tmp_path}", "parallel.strategy=ddp", "trainer.epochs=1", "trainer.max_steps=6")
+        torchrun(
+            ["--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}"],
+            f"track.root={tmp_path}",
+            "parallel.strategy=ddp",
+            "trainer.epochs=1",
+            "trainer.max_steps=6",
+        )
         for rank in (0, 1)
     ]
     outs = [node.communicate(timeout=170) for node in nodes]
@@ -158,9 +181,15 @@ def test_torchrun_two_nodes_on_one_host(tmp_path, port):
 def test_torchrun_restarts_from_last_checkpoint_after_a_rank_is_killed(tmp_path, port):
     runs = tmp_path / "runs"
     fault = {"FAULT": "kill", "FAULT_WHEN": str(runs / "*" / "checkpoints" / "last.pt"), "FAULT_ONCE": str(tmp_path / "killed")}
-    job = torchrun(["--nproc_per_node=2", "--max-restarts=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=digits7"],
-                   f"track.root={runs}", "parallel.strategy=ddp", "trainer.epochs=3", "loader.batch_size=128",
-                   "loader.collate=ddp_faults:collate", env=fault)
+    job = torchrun(
+        ["--nproc_per_node=2", "--max-restarts=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=digits7"],
+        f"track.root={runs}",
+        "parallel.strategy=ddp",
+        "trainer.epochs=3",
+        "loader.batch_size=128",
+        "loader.collate=ddp_faults:collate",
+        env=fault,
+    )
     out, err = job.communicate(timeout=230)
     assert job.returncode == 0, (out[-3000:], err[-3000:])
     assert (tmp_path / "killed").exists()  # rank 1 really died in epoch 2
@@ -181,8 +210,15 @@ def test_torchrun_restarts_from_last_checkpoint_after_a_rank_is_killed(tmp_path,
 @pytest.mark.timeout(120)
 def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path):
     started = time.time()
-    result = train(f"track.root={tmp_path}", "parallel.strategy=ddp", "parallel.devices=2", "parallel.timeout=30",
-                   "loader.collate=ddp_faults:collate", env={"FAULT": "raise", "FAULT_AT": "3"}, timeout=110)
+    result = train(
+        f"track.root={tmp_path}",
+        "parallel.strategy=ddp",
+        "parallel.devices=2",
+        "parallel.timeout=30",
+        "loader.collate=ddp_faults:collate",
+        env={"FAULT": "raise", "FAULT_AT": "3"},
+        timeout=110,
+    )
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == "trainyard: error: rank 1 of 2 failed: RuntimeError: injected fault on rank 1", result.stderr
@@ -193,8 +229,15 @@ def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_a_hung_rank_fails_the_run_within_the_timeout(tmp_path):
-    result = train(f"track.root={tmp_path}", "parallel.strategy=ddp", "parallel.devices=2", "parallel.timeout=5",
-                   "loader.collate=ddp_faults:collate", env={"FAULT": "hang", "FAULT_AT": "2"}, timeout=110)
+    result = train(
+        f"track.root={tmp_path}",
+        "parallel.strategy=ddp",
+        "parallel.devices=2",
+        "parallel.timeout=5",
+        "loader.collate=ddp_faults:collate",
+        env={"FAULT": "hang", "FAULT_AT": "2"},
+        timeout=110,
+    )
     assert result.returncode != 0
     assert "rank 0 of 2 failed" in result.stderr  # rank 0's collective timed out waiting for rank 1
 
@@ -203,16 +246,38 @@ def test_a_hung_rank_fails_the_run_within_the_timeout(tmp_path):
 
 
 def test_launcher_environments():
-    torchrun_env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29400",
-                    "TORCHELASTIC_RUN_ID": "job", "TORCHELASTIC_RESTART_COUNT": "1", "TORCHELASTIC_MAX_RESTARTS": "2"}
+    torchrun_env = {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "10.0.0.5",
+        "MASTER_PORT": "29400",
+        "TORCHELASTIC_RUN_ID": "job",
+        "TORCHELASTIC_RESTART_COUNT": "1",
+        "TORCHELASTIC_MAX_RESTARTS": "2",
+    }
     env = launcher_env(torchrun_env)
     assert (env.launcher, env.rank, env.local_rank, env.world_size, env.local_world_size) == ("torchrun", 3, 1, 4, 2)
     assert (env.master_addr, env.master_port, env.restart_count, env.max_restarts, env.run_id) == ("10.0.0.5", 29400, 1, 2, "job")
-    slurm = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
-             "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
+    slurm = {
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+        "SLURM_STEP_NODELIST": "gpu[07-08]",
+        "SLURM_JOB_ID": "4242",
+    }
     env = launcher_env(slurm)
     assert (env.launcher, env.rank, env.local_rank, env.world_size, env.local_world_size, env.master_addr, env.master_port) == (
-        "slurm", 5, 1, 8, 4, "gpu07", 12000 + 4242)
+        "slurm",
+        5,
+        1,
+        8,
+        4,
+        "gpu07",
+        12000 + 4242,
+    )
     assert launcher_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None  # an allocation with one task: not distributed
     assert launcher_env({}) is None
     assert [first_host(s) for s in ("n1", "n[3-5,9]", "a-[01-02]-ib,b")] == ["n1", "n3", "a-01-ib"]
@@ -228,12 +293,15 @@ def test_dp_without_several_gpus_warns_and_runs_single(capsys):
     assert "dp needs two or more CUDA devices (found 0); running single-device on cpu" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["parallel.devices=[0, 1]"], "device ids need CUDA; on CPU give a count"),
-    (["parallel.backend=nccl"], "parallel.backend=nccl: needs CUDA devices"),
-    (["parallel.sync_batchnorm=true"], "SyncBatchNorm needs CUDA devices"),
-    (["trainer.device=mps"], "multi-process training runs on cuda or cpu"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["parallel.devices=[0, 1]"], "device ids need CUDA; on CPU give a count"),
+        (["parallel.backend=nccl"], "parallel.backend=nccl: needs CUDA devices"),
+        (["parallel.sync_batchnorm=true"], "SyncBatchNorm needs CUDA devices"),
+        (["trainer.device=mps"], "multi-process training runs on cuda or cpu"),
+    ],
+)
 def test_bad_ddp_settings_fail_before_any_process_starts(overrides, message):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only messages")
@@ -245,7 +313,10 @@ def test_bad_ddp_settings_fail_before_any_process_starts(overrides, message):
 def test_bad_ddp_setting_is_one_line_on_the_command_line(tmp_path):
     result = run_cli("train", f"track.root={tmp_path}", "parallel.strategy=ddp", "parallel.devices=[0, 1]", "trainer.device=cpu")
     assert result.returncode == 2
-    assert result.stderr.strip() == "trainyard: error: parallel.devices=[0, 1]: device ids need CUDA; on CPU give a count of processes, e.g. parallel.devices=2"
+    assert (
+        result.stderr.strip()
+        == "trainyard: error: parallel.devices=[0, 1]: device ids need CUDA; on CPU give a count of processes, e.g. parallel.devices=2"
+    )
     assert not tmp_path.joinpath("runs").exists() and list(tmp_path.iterdir()) == []
 
 
@@ -276,8 +347,11 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path):
     """Ctrl-C reaches every process of the group, each at its own step: the ranks agree where to stop
     (at the next log step), save last.pt once and exit 130, rather than waiting on each other forever."""
     root = tmp_path / "runs"
-    interrupt_run([*SETUP, f"track.root={root}", "name=c", "parallel.strategy=ddp", "parallel.devices=2", "trainer.epochs=50",
-                   "loader.batch_size=8"], root / "c", env=ENV)
+    interrupt_run(
+        [*SETUP, f"track.root={root}", "name=c", "parallel.strategy=ddp", "parallel.devices=2", "trainer.epochs=50", "loader.batch_size=8"],
+        root / "c",
+        env=ENV,
+    )
     state = load_checkpoint(root / "c" / "checkpoints" / "last.pt")
     assert 0 < state["step"] < 50 * 82
     finished(train("trainer.epochs=1", resume=root / "c"))  # and it resumes (to a shorter end: it stops at once)

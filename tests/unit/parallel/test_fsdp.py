@@ -16,17 +16,24 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import SRC, run_cli
 from torch import nn
 
-from conftest import SRC, run_cli
 from trainyard.engine.checkpoint import load_checkpoint
 from trainyard.errors import ConfigError
 from trainyard.parallel.fsdp import by_index, by_name, equal_batch_counts, shard_paths
 
 TESTS = Path(__file__).resolve().parent
 SETUP = [
-    "optim.name=adamw", "optim.lr=0.01", "schedule.name=constant", "data.train_transforms=[]", "trainer.progress=false",
-    "trainer.log_every=4", "trainer.histogram_every=0", "track.images=false", "track.graph=false",
+    "optim.name=adamw",
+    "optim.lr=0.01",
+    "schedule.name=constant",
+    "data.train_transforms=[]",
+    "trainer.progress=false",
+    "trainer.log_every=4",
+    "trainer.histogram_every=0",
+    "track.images=false",
+    "track.graph=false",
 ]
 MLP = ["model.name=mlp", "model.width=16"]
 CNN = ["model.name=cnn", "model.width=8"]
@@ -99,8 +106,18 @@ def test_two_sharded_ranks_of_batch_b_train_like_one_process_of_batch_2b(mlp_pai
 def test_accumulation_and_clipping_under_fsdp_train_like_one_process(mlp_pair, tmp_path):
     """2 ranks x batch 8 x 2 accumulated micro-batches (the first without gradient sync) = one process of
     batch 32; a clip far above the gradient norm goes through the sharded norm and changes nothing."""
-    finished(train(f"track.root={tmp_path}", *MLP, *STEPS, "loader.batch_size=8", "trainer.accumulate=2", "trainer.clip_grad_norm=1000000",
-                   "parallel.strategy=fsdp", "parallel.devices=2"))
+    finished(
+        train(
+            f"track.root={tmp_path}",
+            *MLP,
+            *STEPS,
+            "loader.batch_size=8",
+            "trainer.accumulate=2",
+            "trainer.clip_grad_norm=1000000",
+            "parallel.strategy=fsdp",
+            "parallel.devices=2",
+        )
+    )
     fsdp = checkpoint(only_run(tmp_path))
     assert fsdp["step"] == 12
     assert_same_weights(fsdp["model"], checkpoint(mlp_pair["single"])["model"])
@@ -122,8 +139,17 @@ def test_checkpoint_moves_between_fsdp_and_single_and_world_sizes(mlp_pair):
 @pytest.mark.timeout(400)
 def test_sharded_cnn_trains_like_ddp(tmp_path):
     finished(train(f"track.root={tmp_path / 'ddp'}", *CNN, *STEPS, "loader.batch_size=16", "parallel.strategy=ddp", "parallel.devices=2"))
-    finished(train(f"track.root={tmp_path / 'fsdp'}", *CNN, *STEPS, "loader.batch_size=16", "parallel.strategy=fsdp", "parallel.devices=2",
-                   "parallel.reshard_after_forward=false"))
+    finished(
+        train(
+            f"track.root={tmp_path / 'fsdp'}",
+            *CNN,
+            *STEPS,
+            "loader.batch_size=16",
+            "parallel.strategy=fsdp",
+            "parallel.devices=2",
+            "parallel.reshard_after_forward=false",
+        )
+    )
     ddp, fsdp = checkpoint(only_run(tmp_path / "ddp")), checkpoint(only_run(tmp_path / "fsdp"))
     assert_same_weights(fsdp["model"], ddp["model"])  # BatchNorm's running statistics too: rank 0's under both
 
@@ -134,9 +160,23 @@ def test_sharded_transformer_trains_like_ddp(shared_data, tmp_path):
     Against ddp with the same per-rank batches: equal. (Against one process of batch 2b both differ by ~5e-4
     in the attention's key bias, whose gradient is ~0 so that AdamW's normalised step follows rounding noise.)"""
     sms = tmp_path / "sms.tsv"
-    sms.write_text("\n".join((shared_data / "sms_spam" / "SMSSpamCollection").read_text(encoding="utf-8").split("\n")[:800]) + "\n", encoding="utf-8")
-    text = ["data.dataset=text", f"data.path={sms}", "data.columns=[label,text]", "model.name=transformer", "model.embed_dim=16", "model.width=32",
-            "model.depth=2", "model.heads=2", "trainer.epochs=1", "trainer.max_steps=8", "loader.batch_size=16", "parallel.devices=2"]
+    sms.write_text(
+        "\n".join((shared_data / "sms_spam" / "SMSSpamCollection").read_text(encoding="utf-8").split("\n")[:800]) + "\n", encoding="utf-8"
+    )
+    text = [
+        "data.dataset=text",
+        f"data.path={sms}",
+        "data.columns=[label,text]",
+        "model.name=transformer",
+        "model.embed_dim=16",
+        "model.width=32",
+        "model.depth=2",
+        "model.heads=2",
+        "trainer.epochs=1",
+        "trainer.max_steps=8",
+        "loader.batch_size=16",
+        "parallel.devices=2",
+    ]
     finished(train(f"track.root={tmp_path / 'ddp'}", *text, "parallel.strategy=ddp"))
     fsdp = train(f"track.root={tmp_path / 'fsdp'}", *text, "parallel.strategy=fsdp")
     finished(fsdp)
@@ -145,7 +185,17 @@ def test_sharded_transformer_trains_like_ddp(shared_data, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_bf16_under_fsdp_trains_and_keeps_fp32_weights(tmp_path):
-    finished(train(f"track.root={tmp_path}", *MLP, *STEPS, "loader.batch_size=16", "trainer.precision=bf16", "parallel.strategy=fsdp", "parallel.devices=2"))
+    finished(
+        train(
+            f"track.root={tmp_path}",
+            *MLP,
+            *STEPS,
+            "loader.batch_size=16",
+            "trainer.precision=bf16",
+            "parallel.strategy=fsdp",
+            "parallel.devices=2",
+        )
+    )
     run = only_run(tmp_path)
     state = checkpoint(run)
     assert state["step"] == 12 and all(t.dtype == torch.float32 for t in state["model"].values())  # the fp32 shards, gathered
@@ -157,7 +207,14 @@ def test_bf16_under_fsdp_trains_and_keeps_fp32_weights(tmp_path):
 
 @pytest.mark.timeout(200)
 def test_a_shard_class_the_model_lacks_is_one_line_naming_its_classes(tmp_path):
-    result = train(f"track.root={tmp_path}", *CNN, "parallel.strategy=fsdp", "parallel.devices=2", "parallel.shard=[TransformerEncoderLayer]", timeout=180)
+    result = train(
+        f"track.root={tmp_path}",
+        *CNN,
+        "parallel.strategy=fsdp",
+        "parallel.devices=2",
+        "parallel.shard=[TransformerEncoderLayer]",
+        timeout=180,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
     assert "parallel.shard=['TransformerEncoderLayer']: Sequential has no module of class TransformerEncoderLayer; its classes: " in line
@@ -168,18 +225,38 @@ def test_a_shard_class_the_model_lacks_is_one_line_naming_its_classes(tmp_path):
 def test_fp16_under_fsdp_on_cpu_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU message")
-    result = run_cli("train", f"track.root={tmp_path}", "parallel.strategy=fsdp", "parallel.devices=2", "trainer.precision=fp16", "trainer.device=cpu",
-                     env=ENV)
+    result = run_cli(
+        "train",
+        f"track.root={tmp_path}",
+        "parallel.strategy=fsdp",
+        "parallel.devices=2",
+        "trainer.precision=fp16",
+        "trainer.device=cpu",
+        env=ENV,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("trainyard: error: trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; "
-                                     "use trainer.precision=bf16 or 32")
+    assert result.stderr.strip() == (
+        "trainyard: error: trainer.precision=fp16: parallel.strategy=fsdp on cpu has no fp16 gradient scaling; "
+        "use trainer.precision=bf16 or 32"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.timeout(240)
 def test_a_diverging_fsdp_run_stops_as_diverged_with_its_sharded_weights_checked(tmp_path, port):
-    result = run_cli("train", f"track.root={tmp_path}", *SETUP, *MLP, "parallel.strategy=fsdp", "parallel.devices=2", "optim.name=sgd",
-                     "optim.lr=1e6", "trainer.epochs=2", "name=nan", env={**ENV, "MASTER_PORT": str(port)})
+    result = run_cli(
+        "train",
+        f"track.root={tmp_path}",
+        *SETUP,
+        *MLP,
+        "parallel.strategy=fsdp",
+        "parallel.devices=2",
+        "optim.name=sgd",
+        "optim.lr=1e6",
+        "trainer.epochs=2",
+        "name=nan",
+        env={**ENV, "MASTER_PORT": str(port)},
+    )
     assert result.returncode == 3, result.stderr[-2000:]
     assert "diverged" in result.stderr and "Traceback" not in result.stderr
     assert json.loads((tmp_path / "nan" / "status.json").read_text())["status"] == "diverged"

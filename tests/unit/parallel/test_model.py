@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
 from trainyard.config import load_config
@@ -15,9 +16,9 @@ from trainyard.models import build_model
 from trainyard.parallel import build_strategy
 from trainyard.parallel.blocks import BlockChain, balanced_starts, bubble_fraction, named_blocks, split_starts
 
-from conftest import run_cli
-
-DIGITS = DataInfo(kind="image", num_classes=10, classes=[str(i) for i in range(10)], in_channels=1, image_size=(8, 8), mean=(0.5,), std=(0.5,))
+DIGITS = DataInfo(
+    kind="image", num_classes=10, classes=[str(i) for i in range(10)], in_channels=1, image_size=(8, 8), mean=(0.5,), std=(0.5,)
+)
 
 
 def split_model(model: nn.Module, devices: list[str], split="auto") -> nn.Module:
@@ -40,12 +41,15 @@ def assert_same_model(reference: nn.Module, split: nn.Module, x: torch.Tensor, y
         assert torch.allclose(p.grad, ref_params[name].grad, atol=1e-6), name
 
 
-@pytest.mark.parametrize("name,devices,split", [
-    ("mlp", ["cpu", "cpu"], "auto"),
-    ("mlp", ["cpu", "cpu", "cpu"], "[0,2,4]"),
-    ("cnn", ["cpu", "cpu"], "auto"),
-    ("cnn", ["cpu", "cpu", "cpu"], "auto"),
-])
+@pytest.mark.parametrize(
+    "name,devices,split",
+    [
+        ("mlp", ["cpu", "cpu"], "auto"),
+        ("mlp", ["cpu", "cpu", "cpu"], "[0,2,4]"),
+        ("cnn", ["cpu", "cpu"], "auto"),
+        ("cnn", ["cpu", "cpu", "cpu"], "auto"),
+    ],
+)
 def test_split_model_outputs_and_gradients_equal_unsplit(name, devices, split):
     torch.manual_seed(0)
     model = build_model(load_config(overrides=[f"model.name={name}", "model.width=8"]).model, DIGITS)
@@ -122,7 +126,15 @@ def test_bad_splits_are_one_clear_error():
 def test_model_parallel_training_matches_single(tiny):
     from trainyard.engine.run import train
 
-    common = tiny + ["model.name=mlp", "optim.name=sgd", "optim.lr=0.1", "trainer.epochs=1", "track.backends=[]", "track.images=false", "trainer.histogram_every=0"]
+    common = tiny + [
+        "model.name=mlp",
+        "optim.name=sgd",
+        "optim.lr=0.1",
+        "trainer.epochs=1",
+        "track.backends=[]",
+        "track.images=false",
+        "trainer.histogram_every=0",
+    ]
     single = train(load_config(overrides=common + ["name=single"]))
     split = train(load_config(overrides=common + ["name=model", "parallel.strategy=model", "parallel.devices=[cpu,cpu]"]))
     for key in ("train/loss", "val/loss", "test/accuracy"):

@@ -6,20 +6,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_run, run_cli
 
 from trainyard.config import load_config
 from trainyard.engine.checkpoint import load_checkpoint
 from trainyard.engine.run import train
 from trainyard.track.jsonl import read_metrics
 
-from conftest import interrupt_run, run_cli
-
 # No BatchNorm or dropout; SGD with momentum and a constant rate, so a checkpoint resumes with any epoch count.
 # log_every=1: metrics.jsonl holds every step's loss. Digits: 1295 training samples, so each epoch ends
 # with a batch of 15 that the pipeline splits into 3 micro-batches.
 COMMON = [
-    "model.name=mlp", "model.width=16", "optim.name=sgd", "optim.lr=0.2", "schedule.name=constant",
-    "trainer.log_every=1", "trainer.clip_grad_norm=1.0", "track.backends=[]", "track.images=false", "trainer.histogram_every=0",
+    "model.name=mlp",
+    "model.width=16",
+    "optim.name=sgd",
+    "optim.lr=0.2",
+    "schedule.name=constant",
+    "trainer.log_every=1",
+    "trainer.clip_grad_norm=1.0",
+    "track.backends=[]",
+    "track.images=false",
+    "trainer.histogram_every=0",
 ]
 
 
@@ -68,8 +75,16 @@ def test_pipeline_matches_single_step_for_step(tiny):
 @pytest.mark.timeout(240)
 def test_1f1b_checkpoint_resumes_under_single(tiny):
     single = run(tiny, "name=single")  # two uninterrupted epochs on one device
-    pipeline = run(tiny, "name=pipeline", "trainer.epochs=1", "parallel.strategy=pipeline", "parallel.devices=2",
-                   "parallel.schedule=1f1b", "parallel.microbatches=2", "parallel.split=[0,2]")  # stage 1 starts with ReLU(inplace)
+    pipeline = run(
+        tiny,
+        "name=pipeline",
+        "trainer.epochs=1",
+        "parallel.strategy=pipeline",
+        "parallel.devices=2",
+        "parallel.schedule=1f1b",
+        "parallel.microbatches=2",
+        "parallel.split=[0,2]",
+    )  # stage 1 starts with ReLU(inplace)
     cfg = load_config(pipeline / "config.yaml", ["parallel.strategy=single", "trainer.epochs=2"])
     train(cfg, resume=pipeline)
 
@@ -90,8 +105,15 @@ def test_microbatches_must_divide_the_batch(tiny):
 @pytest.mark.timeout(180)
 def test_error_in_a_stage_process_is_one_line(tiny, port):
     # the split is checked in each stage process, once the model exists: the error travels back to the launcher
-    result = run_cli("train", *tiny, "parallel.strategy=pipeline", "parallel.devices=2", "model.depth=2", "parallel.split=[0,5]",
-                     env={"MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+    result = run_cli(
+        "train",
+        *tiny,
+        "parallel.strategy=pipeline",
+        "parallel.devices=2",
+        "model.depth=2",
+        "parallel.split=[0,5]",
+        env={"MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
         "trainyard: error: parallel.split=[0, 5]: stage starts must increase and lie in 1..2 (the model has 3 blocks)"
@@ -136,8 +158,22 @@ def test_ctrl_c_stops_every_stage_after_the_same_step_and_saves(tmp_path):
     """Ctrl-C reaches both stage processes, each at its own step: they agree where to stop, save the
     whole model once and exit 130 (stages that stop apart would wait on each other's send/recv forever)."""
     root = tmp_path / "runs"
-    interrupt_run([f"track.root={root}", "name=p", "model.name=mlp", "parallel.strategy=pipeline", "parallel.devices=2",
-                   "parallel.microbatches=2", "trainer.epochs=50", "trainer.log_every=5", "loader.batch_size=16",
-                   "data.train_transforms=[]", "trainer.progress=false"], root / "p", env={"OMP_NUM_THREADS": "1"})
+    interrupt_run(
+        [
+            f"track.root={root}",
+            "name=p",
+            "model.name=mlp",
+            "parallel.strategy=pipeline",
+            "parallel.devices=2",
+            "parallel.microbatches=2",
+            "trainer.epochs=50",
+            "trainer.log_every=5",
+            "loader.batch_size=16",
+            "data.train_transforms=[]",
+            "trainer.progress=false",
+        ],
+        root / "p",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     state = load_checkpoint(root / "p" / "checkpoints" / "last.pt")
     assert state["step"] > 0 and {"1.weight", "5.weight"} <= set(state["model"])  # both stages: the whole model

@@ -94,7 +94,9 @@ def test_sweep_validates_every_trial_before_training(tmp_path, capsys):
 def test_random_sweep_samples_distinct_trials_reproducibly():
     from trainyard.runs.sweep import parse_sweep_args, plan_trials
 
-    fixed, axes = parse_sweep_args(["trainer.epochs=1", "optim.lr=0.1,0.01,0.001", "loader.batch_size=16,32,64", "track.backends=[tensorboard,wandb]"])
+    fixed, axes = parse_sweep_args(
+        ["trainer.epochs=1", "optim.lr=0.1,0.01,0.001", "loader.batch_size=16,32,64", "track.backends=[tensorboard,wandb]"]
+    )
     assert fixed == ["trainer.epochs=1", "track.backends=[tensorboard,wandb]"]
     trials = plan_trials(axes, 4, seed=3)
     assert len(trials) == 4 and len({tuple(t) for t in trials}) == 4
@@ -130,6 +132,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     trial_dirs = sorted(p.name for p in (root / "s").iterdir() if p.is_dir() and not p.name.startswith("."))  # none renamed, none added
     assert trial_dirs == ["trial-000", "trial-001", "trial-002"]
     interrupted = root / "s" / f"trial-{stopped:03d}"
+
     def last_step(run_dir):
         return max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
 
@@ -149,7 +152,12 @@ def get_json(url: str, body: dict | None = None):
 @pytest.mark.timeout(180)
 def test_board_serves_every_trials_scalars_and_hparams_over_http(sweep, port):
     folder, _ = sweep
-    proc = subprocess.Popen([sys.executable, "-m", "trainyard", "board", str(folder), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainyard", "board", str(folder), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in line, line + proc.stderr.read()
@@ -163,8 +171,11 @@ def test_board_serves_every_trials_scalars_and_hparams_over_http(sweep, port):
         assert "optim.lr" in {h["name"] for h in experiment["hparamInfos"]}
         assert "test/accuracy" in {m["name"]["tag"] for m in experiment["metricInfos"]}
         request = {
-            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-            "colParams": [{"hparam": "optim.lr"}, {"metric": {"tag": "best/val/accuracy"}}], "startIndex": 0, "sliceSize": 100,
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [{"hparam": "optim.lr"}, {"metric": {"tag": "best/val/accuracy"}}],
+            "startIndex": 0,
+            "sliceSize": 100,
         }
         groups = get_json(url + "data/plugin/hparams/session_groups", request)["sessionGroups"]
         lrs = {g["name"]: g["hparams"]["optim.lr"] for g in groups}
@@ -292,8 +303,19 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 def test_report_renders_in_headless_chromium(report, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,2400", report.as_uri()],
-        capture_output=True, timeout=90, check=False,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1200,2400",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        timeout=90,
+        check=False,
     )
     image = decode_png(shot.read_bytes()).convert("L")
     histogram = image.histogram()

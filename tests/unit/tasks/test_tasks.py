@@ -117,7 +117,10 @@ def test_classification_takes_class_ids_only():
     task = Classification(info(num_classes=3))
     task.check_targets(torch.tensor([0, 2, 1]), "train split")
     task.check_targets(torch.tensor([0.0, 2.0, 1.0]), "train split")  # whole numbers stored as floats are class ids
-    with pytest.raises(DataError, match=r"^train split: targets are fractional \(e\.g\. 0\.5\), but task=classification takes class ids.*use task=regression"):
+    with pytest.raises(
+        DataError,
+        match=r"^train split: targets are fractional \(e\.g\. 0\.5\), but task=classification takes class ids.*use task=regression",
+    ):
         task.check_targets(torch.tensor([1.0, 0.5, 2.0]), "train split")
     with pytest.raises(DataError, match=r"^val split: targets are vectors of 4, but task=classification.*use task=multilabel"):
         task.check_targets(torch.zeros(3, 4), "val split")
@@ -135,7 +138,10 @@ def test_binary_takes_zero_one_or_probabilities():
 def test_multilabel_takes_zero_one_vectors():
     task = Multilabel(info(target_shape=(3,)))
     task.check_targets(torch.tensor([[0, 1, 1], [1, 0, 0]]), "train split")
-    with pytest.raises(DataError, match=r"^train split: targets are class ids \(e\.g\. 7\), but task=multilabel takes a 0/1 vector.*use task=classification"):
+    with pytest.raises(
+        DataError,
+        match=r"^train split: targets are class ids \(e\.g\. 7\), but task=multilabel takes a 0/1 vector.*use task=classification",
+    ):
         task.check_targets(torch.tensor([7, 1, 0]), "train split")
     with pytest.raises(DataError, match=r"values other than 0 and 1 \(e\.g\. 2\)"):
         task.check_targets(torch.tensor([[0, 2, 1]]), "train split")
@@ -164,28 +170,33 @@ def test_losses_by_torch_name_import_path_class_or_callable():
         build_loss(F.l1_loss, {"reduction": "sum"})
 
 
-@pytest.mark.parametrize("cls, args, name", [
-    ("F1Score", {}, "f1"),
-    ("F1Score", {"average": "macro"}, "f1_macro"),
-    ("BinaryF1Score", {}, "f1"),
-    ("MulticlassF1Score", {"average": "weighted"}, "f1_weighted"),
-    ("Accuracy", {"top_k": 5}, "accuracy_top5"),
-    ("Accuracy", {"top_k": 1}, "accuracy"),
-    ("MulticlassAccuracy", {}, "accuracy"),
-    ("MeanAbsoluteError", {}, "mae"),
-    ("MeanSquaredError", {}, "mse"),
-    ("MeanSquaredError", {"squared": False}, "rmse"),
-    ("R2Score", {}, "r2"),
-    ("AUROC", {}, "auroc"),
-    ("PearsonCorrCoef", {}, "pearson_corr_coef"),
-    ("MultilabelAveragePrecision", {}, "average_precision"),
-])
+@pytest.mark.parametrize(
+    "cls, args, name",
+    [
+        ("F1Score", {}, "f1"),
+        ("F1Score", {"average": "macro"}, "f1_macro"),
+        ("BinaryF1Score", {}, "f1"),
+        ("MulticlassF1Score", {"average": "weighted"}, "f1_weighted"),
+        ("Accuracy", {"top_k": 5}, "accuracy_top5"),
+        ("Accuracy", {"top_k": 1}, "accuracy"),
+        ("MulticlassAccuracy", {}, "accuracy"),
+        ("MeanAbsoluteError", {}, "mae"),
+        ("MeanSquaredError", {}, "mse"),
+        ("MeanSquaredError", {"squared": False}, "rmse"),
+        ("R2Score", {}, "r2"),
+        ("AUROC", {}, "auroc"),
+        ("PearsonCorrCoef", {}, "pearson_corr_coef"),
+        ("MultilabelAveragePrecision", {}, "average_precision"),
+    ],
+)
 def test_metric_short_names(cls, args, name):
     assert metric_name(cls, args) == name
 
 
 def test_metrics_parse_and_build_with_the_task_s_facts():
-    specs = parse_metrics(["F1Score", {"Accuracy": {"top_k": 2}}, {"my_f1": {"metric": "F1Score", "average": "macro"}}, "MeanAbsoluteError"])
+    specs = parse_metrics(
+        ["F1Score", {"Accuracy": {"top_k": 2}}, {"my_f1": {"metric": "F1Score", "average": "macro"}}, "MeanAbsoluteError"]
+    )
     assert [n for n, _, _ in specs] == ["f1", "accuracy_top2", "my_f1", "mae"]
     assert specs[2][2] == {"average": "macro"}
     task = Classification(info(num_classes=3), metrics=["F1Score", {"Accuracy": {"top_k": 2}}])
@@ -272,7 +283,9 @@ def test_the_test_split_stores_its_count_and_interval_for_accuracy():
     assert (m["test/accuracy/correct"], m["test/accuracy/count"]) == (8.0, 10.0)
     assert m["test/accuracy/low"] == pytest.approx(0.4902, abs=1e-4) and m["test/accuracy/high"] == pytest.approx(0.9433, abs=1e-4)
     # a macro average is another quantity than the share right: no interval is claimed for it
-    macro = _evaluate(Classification(info(num_classes=3), metrics=[{"accuracy": {"metric": "MulticlassAccuracy", "average": "macro"}}]), logits, y)
+    macro = _evaluate(
+        Classification(info(num_classes=3), metrics=[{"accuracy": {"metric": "MulticlassAccuracy", "average": "macro"}}]), logits, y
+    )
     assert "test/accuracy" in macro and not any(k.startswith("test/accuracy/") for k in macro)
     # regression has no share metric; binary does
     yb = torch.tensor([1, 0, 1, 1])

@@ -7,13 +7,13 @@ import re
 import pytest
 import torch
 import yaml
-
 from conftest import run_cli
+
 from trainyard.commands.workers import write_num_workers
 from trainyard.config import load_config
 from trainyard.data.workers import resolve_auto, store_num_workers
-from trainyard.tools.workers import Measurement, Tuning, candidates, measure_workers, timed_pass
 from trainyard.errors import ConfigError
+from trainyard.tools.workers import Measurement, Tuning, candidates, measure_workers, timed_pass
 
 
 def test_candidates_double_up_to_the_cpu_count():
@@ -59,9 +59,14 @@ def test_measure_times_the_tasks_loss_on_a_regression_run():
 
 def test_write_keeps_the_rest_of_the_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("# my run\nseed: 3\nloader:\n    batch_size: 32   # fits my GPU\n    num_workers: 0  # was a guess\noptim:\n    lr: 0.01\n")
+    path.write_text(
+        "# my run\nseed: 3\nloader:\n    batch_size: 32   # fits my GPU\n    num_workers: 0  # was a guess\noptim:\n    lr: 0.01\n"
+    )
     write_num_workers(path, 4)
-    assert path.read_text() == "# my run\nseed: 3\nloader:\n    batch_size: 32   # fits my GPU\n    num_workers: 4  # was a guess\noptim:\n    lr: 0.01\n"
+    assert (
+        path.read_text()
+        == "# my run\nseed: 3\nloader:\n    batch_size: 32   # fits my GPU\n    num_workers: 4  # was a guess\noptim:\n    lr: 0.01\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,8 +124,17 @@ def test_tune_workers_measures_writes_and_auto_follows(tmp_path):
     assert yaml.safe_load(path.read_text())["loader"]["num_workers"] == pick
 
     # `auto` on the command line now finds the measurement for this config
-    train = run_cli("train", str(path), "loader.num_workers=auto", f"track.root={tmp_path / 'runs'}", "trainer.max_steps=2",
-                    "trainer.epochs=1", "track.backends=[]", "trainer.progress=false", env=env)
+    train = run_cli(
+        "train",
+        str(path),
+        "loader.num_workers=auto",
+        f"track.root={tmp_path / 'runs'}",
+        "trainer.max_steps=2",
+        "trainer.epochs=1",
+        "track.backends=[]",
+        "trainer.progress=false",
+        env=env,
+    )
     assert train.returncode == 0, train.stderr
     assert f"loader.num_workers=auto -> {pick}: measured by trainyard tune-workers" in train.stdout
 

@@ -7,7 +7,9 @@ from trainyard.track.rundir import cut_torn_tail
 
 
 def test_a_row_cut_short_in_the_middle_is_skipped_and_the_rest_read(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "a": 1}\n{"step": 2, "a"{"step": 3, "a": 3}\n[1, 2]\n{"step": 4, "a": 4}\n{"step": 5')
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "a": 1}\n{"step": 2, "a"{"step": 3, "a": 3}\n[1, 2]\n{"step": 4, "a": 4}\n{"step": 5'
+    )
     assert [row["step"] for row in read_metrics(tmp_path)] == [1, 4]
 
 

@@ -34,8 +34,19 @@ class NotATracker:
 
 def test_a_user_tracker_gets_the_run_like_the_built_ins(tmp_path):
     SEEN.clear()
-    cfg = load_config(None, [f"track.root={tmp_path}", "name=mine", f"track.backends=[{__name__}:Recorder]", "trainer.epochs=1",
-                             "model.width=8", "trainer.progress=false", "trainer.log_every=5", "track.images=false"])
+    cfg = load_config(
+        None,
+        [
+            f"track.root={tmp_path}",
+            "name=mine",
+            f"track.backends=[{__name__}:Recorder]",
+            "trainer.epochs=1",
+            "model.width=8",
+            "trainer.progress=false",
+            "trainer.log_every=5",
+            "track.images=false",
+        ],
+    )
     final = train(cfg)
     assert SEEN[0] == ("init", "mine") and SEEN[-1] == ("close", "finished")
     logged = [m for kind, m in SEEN if kind == "metrics"]

@@ -61,7 +61,9 @@ def read_offline_run(run_dir: Path) -> dict:
 
 @pytest.mark.timeout(180)
 def test_wandb_offline_run_holds_config_metrics_pictures_gradients_and_summary(tiny, tmp_path):
-    res = run_cli("train", *tiny, "name=w", "optim.lr=0.004", "track.backends=[tensorboard,wandb]", "track.wandb.watch=5", "track.wandb.tags=[ci]")
+    res = run_cli(
+        "train", *tiny, "name=w", "optim.lr=0.004", "track.backends=[tensorboard,wandb]", "track.wandb.watch=5", "track.wandb.tags=[ci]"
+    )
     assert res.returncode == 0, res.stderr
     run_dir = tmp_path / "runs" / "w"
     run = read_offline_run(run_dir)
@@ -90,7 +92,9 @@ def test_wandb_offline_run_holds_config_metrics_pictures_gradients_and_summary(t
 @pytest.mark.timeout(180)
 def test_unreachable_wandb_server_goes_offline_with_a_warning(tiny, tmp_path):
     env = {"WANDB_MODE": "online", "WANDB_BASE_URL": f"http://127.0.0.1:{free_port()}", "WANDB_API_KEY": "x" * 40}
-    res = run_cli("train", *tiny, "trainer.epochs=1", "name=u", "track.backends=[wandb]", "track.wandb.mode=online", "track.images=false", env=env)
+    res = run_cli(
+        "train", *tiny, "trainer.epochs=1", "name=u", "track.backends=[wandb]", "track.wandb.mode=online", "track.images=false", env=env
+    )
     assert res.returncode == 0, res.stderr
     assert "cannot reach" in res.stderr and "offline" in res.stderr
     run = read_offline_run(tmp_path / "runs" / "u")
