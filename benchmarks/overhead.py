@@ -336,7 +336,8 @@ def main() -> None:
         nargs="+",
         default=["overhead"],
         choices=["overhead", "batched"],
-        help="overhead: raw loop vs trainyard on the same DataLoader (and Lightning); batched: naive raw loop vs trainyard's batched loader",
+        help="overhead: raw loop vs trainyard on the same DataLoader (and Lightning); batched: naive raw loop vs trainyard's batched "
+        "loader",
     )
     parser.add_argument("--lightning-child", nargs=4, metavar=("WORKLOAD", "NAME", "ROOT", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -131,7 +131,8 @@ def main() -> None:
     from trainyard.parallel.launch import free_port
 
     print(
-        f"{args.stages} stages on {args.device} ({args.threads} threads each of {cores} cores), {args.layers} x Linear({args.width}), batch {args.batch}"
+        f"{args.stages} stages on {args.device} ({args.threads} threads each of {cores} cores), {args.layers} x Linear({args.width}), "
+        f"batch {args.batch}"
     )
     queue = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(stage_main, args=(args, free_port(), queue), nprocs=args.stages, start_method="spawn")
@@ -151,7 +152,8 @@ def main() -> None:
         ideal = k * m / (m + k - 1)  # K stages busy for M of the M+K-1 slots
         print(f"{'gpipe M=' + str(m):<10} {t * 1e3:9.1f} {cpu[name] * 1e3:7.1f} {naive / t:8.2f} {bubble_fraction(k, m):7.1%} {ideal:6.2f}")
     print(
-        f"(cpu ms: CPU time per step of the busiest process; far below step ms means other work held the cores; load average {os.getloadavg()[0]:.1f})"
+        "(cpu ms: CPU time per step of the busiest process; far below step ms means other work held the cores; load average "
+        f"{os.getloadavg()[0]:.1f})"
     )
     print(f"RESULT pipeline_step_ms_naive {naive * 1e3:.1f}")
     for m in args.microbatches:

@@ -97,7 +97,8 @@ def main() -> None:
             ones.append(sweep(root, f"w1-{i}", small, "--workers", "1"))
             twos.append(sweep(root, f"w2-{i}", small, "--workers", "2"))
             print(
-                f"4 trials, round {i}: --workers 1 {ones[-1]:.1f}s, --workers 2 {twos[-1]:.1f}s (cores here: {len(os.sched_getaffinity(0))})",
+                f"4 trials, round {i}: --workers 1 {ones[-1]:.1f}s, --workers 2 {twos[-1]:.1f}s (cores here: "
+                f"{len(os.sched_getaffinity(0))})",
                 flush=True,
             )
         wall_one, wall_two = statistics.median(ones), statistics.median(twos)

@@ -79,7 +79,8 @@ def main() -> None:
     data = build_data(cfg)
     train, lengths, bs = data.train, data.train.lengths, args.batch_size
     print(
-        f"{len(train)} training texts, {sum(lengths)} tokens, length min {min(lengths)} / median {sorted(lengths)[len(lengths) // 2]} / max {max(lengths)}"
+        f"{len(train)} training texts, {sum(lengths)} tokens, length min {min(lengths)} / median {sorted(lengths)[len(lengths) // 2]} / "
+        f"max {max(lengths)}"
     )
 
     def random_batches() -> BatchSampler:

@@ -106,7 +106,8 @@ def main() -> None:
     median = {name: statistics.median(v) for name, v in rates.items()}
     for name, value in median.items():
         print(
-            f"{name:>15}: {value:8.0f} samples/s (median of {args.rounds} rounds of {len(indices)} samples; min {min(rates[name]):.0f}, max {max(rates[name]):.0f})"
+            f"{name:>15}: {value:8.0f} samples/s (median of {args.rounds} rounds of {len(indices)} samples; min {min(rates[name]):.0f}, "
+            f"max {max(rates[name]):.0f})"
         )
     print(f"RESULT pipeline_ratio {median['trainyard'] / median['by_hand_tensor']:.3f}")
     print(f"RESULT tensor_vs_pil {median['by_hand_tensor'] / median['by_hand_pil']:.3f}")

@@ -82,7 +82,8 @@ class ModelConfig:
     )
     args: dict = opt(
         factory=dict,
-        help="keyword arguments of an imported model.name; the data's facts (num_classes, in_channels, ...) are added where its signature names them",
+        help="keyword arguments of an imported model.name; the data's facts (num_classes, in_channels, ...) are added where its signature "
+        "names them",
     )
     pretrained: bool = opt(False, "torchvision models: load locally cached pretrained weights")
     small_stem: Union[bool, Literal["auto"]] = opt(
@@ -142,7 +143,8 @@ class ScheduleConfig:
 
     name: str = opt(
         "cosine",
-        "constant, step, cosine, onecycle, any torch.optim.lr_scheduler class by its name (OneCycleLR, ReduceLROnPlateau, ...), or package.module:Class",
+        "constant, step, cosine, onecycle, any torch.optim.lr_scheduler class by its name (OneCycleLR, ReduceLROnPlateau, ...), or "
+        "package.module:Class",
     )
     args: dict = opt(
         factory=dict, help="keyword arguments of a torch.optim.lr_scheduler class (total_steps, T_max, max_lr are filled in where left out)"
@@ -186,12 +188,15 @@ class TrainerConfig:
     )
     keep_host_memory: bool = opt(
         True,
-        "keep freed host memory for reuse instead of returning it to the OS (glibc malloc): steps stop faulting their pages in again; the process keeps its peak",
+        "keep freed host memory for reuse instead of returning it to the OS (glibc malloc): steps stop faulting their pages in again; the "
+        "process keeps its peak. It sets the allocator of the whole process, so trainyard.fit() turns it off unless its config sets it",
     )
     on_nonfinite: str = opt(
         "stop",
-        "a non-finite (nan/inf) loss or weights: stop (status diverged, at the next log step or epoch end, no extra sync; best.pt kept, test skipped), "
-        "skip_step (skip the optimizer update of a step whose loss is non-finite: one host sync per optimizer step, and a collective under ddp), ignore (train on)",
+        "a non-finite (nan/inf) loss or weights: stop (status diverged, at the next log step or epoch end, no extra sync; best.pt kept, "
+        "test skipped), "
+        "skip_step (skip the optimizer update of a step whose loss is non-finite: one host sync per optimizer step, and a collective "
+        "under ddp), ignore (train on)",
         choices=["stop", "skip_step", "ignore"],
     )
 

@@ -154,7 +154,8 @@ class Registry(MutableMapping):
         listed = ", ".join(self.names())
         more = f", {self.fallback_help}" if self._fallback_names else ""
         raise ConfigError(
-            f"{key}={spec}: unknown {self.family}; built-ins: {listed}{more}, or an import path package.module:name{hint(spec, self.known())}"
+            f"{key}={spec}: unknown {self.family}; built-ins: {listed}{more}, or an import path "
+            f"package.module:name{hint(spec, self.known())}"
         )
 
     fallback_help = "or a name from torch"

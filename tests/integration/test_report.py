@@ -122,7 +122,10 @@ def test_report_of_a_run_on_a_class_sorted_test_set(tmp_path, tiny):
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     # the accuracy with its count and interval, in the headline and the quality table
-    shown = f"{final['test/accuracy']:.4f} ({int(final['test/accuracy/correct'])}/360, 95% CI {final['test/accuracy/low']:.3f}-{final['test/accuracy/high']:.3f})"
+    shown = (
+        f"{final['test/accuracy']:.4f} ({int(final['test/accuracy/correct'])}/360, "
+        f"95% CI {final['test/accuracy/low']:.3f}-{final['test/accuracy/high']:.3f})"
+    )
     assert f"test accuracy {shown}" in text
     quality = text[text.index("<h3>Quality</h3>") : text.index("<h3>Learning rate and performance</h3>")]
     details = text[text.index("<h3>Learning rate and performance</h3>") :].split("</table>")[0]

@@ -173,7 +173,8 @@ def test_call_with_unknown_and_missing_arguments_are_one_line():
         call_with(net, "model.name=mod:net", {}, {"num_classes": 10, "vocab_size": None})
     assert (
         str(info.value)
-        == "model.name=mod:net: net(depth, width=8, num_classes=None, in_channels=1) needs 'depth': set it in the args (the data gives num_classes)"
+        == "model.name=mod:net: net(depth, width=8, num_classes=None, in_channels=1) needs 'depth': set it in the args (the data gives "
+        "num_classes)"
     )
 
     def two(a, b):

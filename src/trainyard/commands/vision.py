@@ -37,7 +37,8 @@ def transforms(args: argparse.Namespace) -> int:
     if args.name:
         if args.name not in table:
             raise ConfigError(
-                f"transform {args.name!r}: not in torchvision.transforms.v2{suggest(args.name, table) or '; run `trainyard transforms` for the list'}"
+                f"transform {args.name!r}: not in "
+                f"torchvision.transforms.v2{suggest(args.name, table) or '; run `trainyard transforms` for the list'}"
             )
         cls = table[args.name]
         print(signature(cls))

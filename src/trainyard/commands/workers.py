@@ -26,7 +26,8 @@ def tune_workers(args: argparse.Namespace) -> int:
     cfg = resolve(args)
 
     print(
-        f"measuring num_workers for data.dataset={cfg.data.dataset}, batch {cfg.loader.batch_size}, model {cfg.model.name} (about {args.max_seconds:.0f} s)",
+        f"measuring num_workers for data.dataset={cfg.data.dataset}, batch {cfg.loader.batch_size}, model {cfg.model.name} (about "
+        f"{args.max_seconds:.0f} s)",
         flush=True,
     )
     print(f"{'num_workers':>11}  {'loader batches/s':>16}  {'train steps/s':>13}  {'data wait':>9}  {'first batch':>11}", flush=True)
@@ -54,7 +55,8 @@ def tune_workers(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"data-bound: no, {best.data_wait:.0%} of training time waits for data at num_workers={best.num_workers} (threshold {DATA_BOUND:.0%})"
+            f"data-bound: no, {best.data_wait:.0%} of training time waits for data at num_workers={best.num_workers} (threshold "
+            f"{DATA_BOUND:.0%})"
         )
     stored = store_num_workers(cfg, best.num_workers)
     if stored is not None:

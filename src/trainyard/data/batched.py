@@ -1,7 +1,8 @@
 """The batched in-memory loader: batches cut from a tensor by index, instead of ``__getitem__`` per sample and a collate.
 
 A split held as tensors (digits, MNIST, Fashion-MNIST, CIFAR from its batches, a user's ``TensorDataset``) is
-one index operation per block of batches (``x.index_select(0, idx)``), each batch a view of it. Augmentation stays per sample, computed on the whole batch at once
+one index operation per block of batches (``x.index_select(0, idx)``), each batch a view of it. Augmentation
+stays per sample, computed on the whole batch at once
 (``data/batch_transforms.py``), on the training device: on CUDA the split is moved there once when it fits.
 
 ``BatchedLoader`` has the part of the DataLoader the trainer uses (``len``, iteration, ``generator``,

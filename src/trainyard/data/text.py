@@ -137,7 +137,8 @@ def _delimited_records(path: Path, text: str, fmt: str, d: DataConfig) -> list[R
     for line, fields in rows:
         if len(fields) != len(names):
             raise DataError(
-                f"{path} line {line}: {len(fields)} fields, expected {len(names)} ({', '.join(names)}) separated by {'a tab' if fmt == 'tsv' else 'commas'}"
+                f"{path} line {line}: {len(fields)} fields, expected {len(names)} ({', '.join(names)}) separated by "
+                f"{'a tab' if fmt == 'tsv' else 'commas'}"
             )
         records.append(_record(path, line, fields[positions[d.text_field]], fields[positions[d.label_field]], d))
     return _nonempty(path, records)
@@ -202,7 +203,8 @@ def check_classes(path: Path, records: list[Record], d: DataConfig) -> list[str]
     classes = label_order([r.label for r in records])
     if len(classes) < 2:
         raise DataError(
-            f"{path} lines {records[0].line}-{records[-1].line}: column {d.label_field!r} holds a single class ({classes[0]!r}); a classifier needs at least two"
+            f"{path} lines {records[0].line}-{records[-1].line}: column {d.label_field!r} holds a single class ({classes[0]!r}); a "
+            "classifier needs at least two"
         )
     return classes
 
@@ -280,7 +282,8 @@ def build_tokenizer(d: DataConfig, train_texts: Sequence[str], saved: Path | Non
         path = Path(d.tokenizer)
         if not path.is_file():
             raise ConfigError(
-                f"data.tokenizer={d.tokenizer}: allowed values are {', '.join(TRAINED_TOKENIZERS)} or a path to a tokenizer.json (no such file){suggest(d.tokenizer, TRAINED_TOKENIZERS)}"
+                f"data.tokenizer={d.tokenizer}: allowed values are {', '.join(TRAINED_TOKENIZERS)} or a path to a tokenizer.json (no such "
+                f"file){suggest(d.tokenizer, TRAINED_TOKENIZERS)}"
             )
         tok = load_tokenizer(path)
     tok.no_padding()  # pad_collate pads per batch, to the longest sample only

@@ -112,7 +112,8 @@ def from_splits(cfg: RunConfig, result: Any, where: str, task: Any = None) -> Da
         splits, classes, one = {"train": result, "val": None, "test": None}, None, True
     else:
         raise DataError(
-            f"{where}: returned {_describe(result)}; expected a map-style torch Dataset or a dict of splits {{'train': ..., 'val': ..., 'test': ...}}"
+            f"{where}: returned {_describe(result)}; expected a map-style torch Dataset or a dict of splits "
+            "{'train': ..., 'val': ..., 'test': ...}"
         )
 
     spec = task if task is not None else cfg.task.name

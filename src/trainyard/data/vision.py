@@ -395,7 +395,8 @@ def _assemble(cfg: RunConfig, where: str, splits: dict[str, Any], classes: list[
     eval_out = check_pipeline(eval_tf, sample, shown)
     if train_out.shape[0] != eval_out.shape[0]:
         raise ConfigError(
-            f"channel mismatch: data.train_transforms give {train_out.shape[0]}-channel images, data.eval_transforms give {eval_out.shape[0]}; "
+            f"channel mismatch: data.train_transforms give {train_out.shape[0]}-channel images, data.eval_transforms give "
+            f"{eval_out.shape[0]}; "
             "convert both the same way (Grayscale, RGB)"
         )
     normalize = [s for s in train_tf.transforms if type(s).__name__ == "Normalize"]

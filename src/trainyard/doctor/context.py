@@ -74,7 +74,10 @@ class Context:
 
     def summary(self) -> str:
         c = self.cfg
-        return f"data.dataset={c.data.dataset} task.name={c.task.name} model.name={c.model.name} parallel.strategy={c.parallel.strategy} trainer.device={c.trainer.device}"
+        return (
+            f"data.dataset={c.data.dataset} task.name={c.task.name} model.name={c.model.name} "
+            f"parallel.strategy={c.parallel.strategy} trainer.device={c.trainer.device}"
+        )
 
     def close(self) -> None:
         self._parts.clear()

@@ -273,7 +273,8 @@ def sampler(ctx: Context) -> Finding:
         findings.insert(
             0,
             ok(
-                f"one data stream (parallel.strategy={name}): batch {batch} x accumulate {accumulate} = {batch * accumulate} samples per optimizer step; the trainer calls set_epoch each epoch"
+                f"one data stream (parallel.strategy={name}): batch {batch} x accumulate {accumulate} = {batch * accumulate} samples per "
+                "optimizer step; the trainer calls set_epoch each epoch"
             ),
         )
         return merge(findings)
@@ -286,7 +287,8 @@ def sampler(ctx: Context) -> Finding:
         cls = Strategy
         findings.append(
             warn(
-                f"parallel.strategy={name} is not registered in this trainyard (have: {', '.join(STRATEGIES)}); checked the default Strategy.train_sampler",
+                f"parallel.strategy={name} is not registered in this trainyard (have: {', '.join(STRATEGIES)}); checked the default "
+                "Strategy.train_sampler",
                 "install a trainyard with the ddp strategy",
             )
         )
@@ -332,8 +334,10 @@ def sampler(ctx: Context) -> Finding:
     findings.insert(
         0,
         ok(
-            f"ddp over {where}: each rank gets {len(shares[0])} of {n} samples, disjoint, reshuffled by set_epoch, which the trainer calls each epoch; "
-            f"batch {batch} per rank x {replicas} ranks x accumulate {accumulate} = {batch * replicas * accumulate} samples per optimizer step"
+            f"ddp over {where}: each rank gets {len(shares[0])} of {n} samples, disjoint, reshuffled by set_epoch, which the trainer "
+            "calls each epoch; "
+            f"batch {batch} per rank x {replicas} ranks x accumulate {accumulate} = {batch * replicas * accumulate} samples per optimizer "
+            "step"
         ),
     )
     return merge(findings)

@@ -203,14 +203,16 @@ def gradients(ctx: Context) -> Finding:
             findings.append(
                 fail(
                     seen,
-                    "under ddp this stops the run at the first step's reduction: set parallel.find_unused_parameters=true, or freeze/remove them",
+                    "under ddp this stops the run at the first step's reduction: set parallel.find_unused_parameters=true, or "
+                    "freeze/remove them",
                 )
             )
         else:
             findings.append(
                 warn(
                     seen,
-                    "an unused branch or a detached path: remove them or freeze them (requires_grad=False); under ddp they need parallel.find_unused_parameters=true",
+                    "an unused branch or a detached path: remove them or freeze them (requires_grad=False); under ddp they need "
+                    "parallel.find_unused_parameters=true",
                 )
             )
     if zero:
@@ -255,7 +257,8 @@ def modes(ctx: Context) -> Finding:
         findings.append(
             warn(
                 f"the model has {', '.join(kinds)}, but train and eval mode give the same outputs",
-                "the mode does not reach those layers: does a module override train()/eval(), or hold layers in a plain list instead of nn.ModuleList?",
+                "the mode does not reach those layers: does a module override train()/eval(), or hold layers in a plain list instead of "
+                "nn.ModuleList?",
             )
         )
 

@@ -58,7 +58,10 @@ def run_folder(ctx: Context) -> Finding:
     size = checkpoint_bytes(ctx)
     need = CHECKPOINT_COPIES * size + LOG_ROOM
     free = shutil.disk_usage(existing).free
-    seen = f"{root} writable; checkpoints ~{human_bytes(size)} each, ~{human_bytes(need)} with best.pt, the atomic write and logs; {human_bytes(free)} free"
+    seen = (
+        f"{root} writable; checkpoints ~{human_bytes(size)} each, ~{human_bytes(need)} with best.pt, the atomic write and logs; "
+        f"{human_bytes(free)} free"
+    )
     if free < need:
         return fail(seen, f"free disk space on {existing} or point track.root at a larger disk")
     if free < 2 * need:

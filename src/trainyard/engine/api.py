@@ -115,7 +115,8 @@ def _check_picklable(parts: Any, strategy: str) -> None:
             continue
         if interactive and _defined_in_main(value):
             raise ConfigError(
-                f"parallel.strategy={strategy} starts new processes, which cannot import the {field_name} defined in this notebook or interactive session; "
+                f"parallel.strategy={strategy} starts new processes, which cannot import the {field_name} defined in this notebook or "
+                "interactive session; "
                 "move its class or function into a .py file and import it from there"
             )
         try:
@@ -283,7 +284,8 @@ def load(run: str | Path, which: str = "best", model: nn.Module | None = None, m
             model = build_model(cfg.model, info)
         except ConfigError as exc:
             raise ConfigError(
-                f"trainyard.load({str(run)!r}): cannot rebuild the model from its config ({exc}); pass model=<a fresh instance> to load the weights into"
+                f"trainyard.load({str(run)!r}): cannot rebuild the model from its config ({exc}); pass model=<a fresh instance> to load "
+                "the weights into"
             ) from None
     try:
         model.load_state_dict(state["model"])

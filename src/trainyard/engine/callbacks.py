@@ -196,8 +196,14 @@ def data_wait_fix(cfg: Any, num_workers: int, pin: str, argv: list[str], run_dir
     words = " ".join(shlex.quote(a) for a in ([path] if path else []) + overrides)
     train = " ".join(shlex.quote(a) for a in ["trainyard", "train"] + ([path] if path else []) + overrides)
     if path is not None and cfg.loader.num_workers != "auto":
-        return f"`trainyard tune-workers {words} --write` (it sets loader.num_workers in {path}), then `{train}` again{pin}; or a lighter data.train_transforms"
-    return f"`trainyard tune-workers{' ' + words if words else ''}`, then `{train} loader.num_workers=auto`{pin}; or a lighter data.train_transforms"
+        return (
+            f"`trainyard tune-workers {words} --write` (it sets loader.num_workers in {path}), then `{train}` again{pin}; "
+            "or a lighter data.train_transforms"
+        )
+    return (
+        f"`trainyard tune-workers{' ' + words if words else ''}`, then `{train} loader.num_workers=auto`{pin}; "
+        "or a lighter data.train_transforms"
+    )
 
 
 # --- progress lines without a terminal -------------------------------------------------------------

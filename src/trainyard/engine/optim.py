@@ -161,7 +161,8 @@ def build_scheduler(
         if per_epoch or isinstance(main, PLATEAU):
             if warmup:
                 raise ConfigError(
-                    f"schedule.warmup_steps={cfg.warmup_steps}: warmup needs a per-step schedule; set schedule.interval=step or warmup_steps=0"
+                    f"schedule.warmup_steps={cfg.warmup_steps}: warmup needs a per-step schedule; set schedule.interval=step or "
+                    "warmup_steps=0"
                 )
             return main
     if not warmup:

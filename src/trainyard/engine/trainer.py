@@ -111,7 +111,8 @@ class Trainer:
         self.test_loader = self._eval_loader(data.test)
         if len(self.train_loader) == 0:
             raise ConfigError(
-                f"loader.batch_size={cfg.loader.batch_size}: larger than the {len(self.train_sampler)} training samples per device with loader.drop_last=true, so an epoch has no batch"
+                f"loader.batch_size={cfg.loader.batch_size}: larger than the {len(self.train_sampler)} training samples per device with "
+                "loader.drop_last=true, so an epoch has no batch"
             )
 
         self.steps_per_epoch = steps_per_epoch(len(self.train_loader), t.accumulate)
@@ -550,7 +551,8 @@ class Trainer:
             metrics["train/skipped_steps"] = float(skipped)
             if skipped and self.is_primary:
                 print(
-                    f"trainyard: epoch {self.epoch + 1}: skipped {skipped} optimizer step{'s' if skipped > 1 else ''} with a non-finite loss (trainer.on_nonfinite=skip_step)",
+                    f"trainyard: epoch {self.epoch + 1}: skipped {skipped} optimizer step{'s' if skipped > 1 else ''} with a non-finite "
+                    "loss (trainer.on_nonfinite=skip_step)",
                     file=sys.stderr,
                     flush=True,
                 )

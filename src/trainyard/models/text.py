@@ -143,7 +143,8 @@ def load_vectors(path: str | Path, vocab: dict[str, int], embedding: torch.Tenso
             values = rest.split()
             if len(values) != dim:
                 raise ConfigError(
-                    f"model.vectors={path} line {n}: {len(values)} numbers for {word!r}, but model.embed_dim={dim}; set model.embed_dim={len(values)}"
+                    f"model.vectors={path} line {n}: {len(values)} numbers for {word!r}, but model.embed_dim={dim}; set "
+                    f"model.embed_dim={len(values)}"
                 )
             try:
                 vector = torch.tensor([float(v) for v in values], dtype=embedding.dtype)

@@ -53,7 +53,8 @@ def torchvision_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
         if not path.is_file():
             raise ConfigError(
                 f"model.pretrained=true: {name} weights ({weights}) are not in the local cache {path}; "
-                f"fetch them where a download is possible (python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\") "
+                f"fetch them where a download is possible (python -c \"import torchvision; torchvision.models.get_model('{name}', "
+                "weights='DEFAULT')\") "
                 "and copy the file there, or set model.pretrained=false"
             )
         model = models.get_model(name, weights=weights, progress=False)
@@ -103,7 +104,8 @@ def _adapt_input_channels(model: nn.Module, name: str, channels: int) -> None:
     first = next(((q, m) for q, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
         raise ConfigError(
-            f"model.name={name}: no first convolution to adapt to {channels}-channel images; convert the images to RGB (data transforms: - RGB)"
+            f"model.name={name}: no first convolution to adapt to {channels}-channel images; convert the images to RGB (data transforms: "
+            "- RGB)"
         )
     qualified, conv = first
     if conv.in_channels == channels:

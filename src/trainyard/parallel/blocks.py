@@ -96,7 +96,8 @@ def split_starts(blocks: NamedBlocks, stages: int, split: Any) -> list[int]:
         with_params = sum(1 for c in counts if c)
         if stages > with_params:
             raise ConfigError(
-                f"parallel.devices: {stages} stages but only {with_params} of the model's {n} blocks hold parameters; use at most {with_params} devices"
+                f"parallel.devices: {stages} stages but only {with_params} of the model's {n} blocks hold parameters; use at most "
+                f"{with_params} devices"
             )
         return _check_every_stage_learns(balanced_starts(counts, stages), counts, split)
     if not isinstance(split, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in split):

@@ -109,7 +109,8 @@ class DistributedDataParallel(Strategy):
             # A restarted worker group must find its run folder again: name it after the rendezvous id.
             if not env.run_id or env.run_id == "none":
                 raise ConfigError(
-                    "torchrun --max-restarts: give the run a fixed name=... (or torchrun --rdzv-id=...) so that a restarted job finds its run folder"
+                    "torchrun --max-restarts: give the run a fixed name=... (or torchrun --rdzv-id=...) so that a restarted job finds its "
+                    "run folder"
                 )
             self.cfg.name = "torchrun-" + re.sub(r"[^A-Za-z0-9_.-]", "_", env.run_id)
         timeout = datetime.timedelta(seconds=p.timeout)

@@ -30,7 +30,8 @@ class DataParallelStrategy(Strategy):
         if len(ids) < 2:
             self.device = resolve_device(self.cfg.trainer.device)
             print(
-                f"trainyard: warning: parallel.strategy=dp needs two or more CUDA devices (found {len(ids)}); running single-device on {self.device}",
+                f"trainyard: warning: parallel.strategy=dp needs two or more CUDA devices (found {len(ids)}); running single-device on "
+                f"{self.device}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -221,7 +221,8 @@ def shard_paths(model: nn.Module, shard: Any, where: str) -> list[str]:
         missing = [n for n in shard if n not in have]
         if missing:
             raise ConfigError(
-                f"parallel.shard={shard}: {type(model).__name__} has no module of class {', '.join(missing)}; its classes: {', '.join(have)}"
+                f"parallel.shard={shard}: {type(model).__name__} has no module of class {', '.join(missing)}; "
+                f"its classes: {', '.join(have)}"
             )
         candidates = [path for path, m in modules.items() if path and type(m).__name__ in shard]
     owners = _parameter_owners(model)

@@ -45,11 +45,13 @@ class PipelineParallel(Strategy):
         if batch % p.microbatches:
             divisors = [d for d in range(1, min(batch, 64) + 1) if batch % d == 0]
             raise ConfigError(
-                f"parallel.microbatches={p.microbatches}: loader.batch_size={batch} does not split into equal micro-batches; use one of {divisors}"
+                f"parallel.microbatches={p.microbatches}: loader.batch_size={batch} does not split into equal micro-batches; use one of "
+                f"{divisors}"
             )
         if p.schedule == "1f1b" and p.microbatches < self.num_stages:
             raise ConfigError(
-                f"parallel.schedule=1f1b: needs parallel.microbatches >= the {self.num_stages} stages (got {p.microbatches}); raise it or use gpipe"
+                f"parallel.schedule=1f1b: needs parallel.microbatches >= the {self.num_stages} stages (got {p.microbatches}); raise it or "
+                "use gpipe"
             )
         if cfg.trainer.precision == "fp16":
             raise ConfigError("trainer.precision=fp16: loss scaling is not synchronised across pipeline stages; use bf16")

@@ -52,7 +52,8 @@ def compare_curves(runs: list[Run], metric: str, out: Path) -> list[str]:
     if len(missing) == len(runs):
         names = all_metric_names(runs)
         raise ConfigError(
-            f"--metric {metric}: not logged by {'this run' if len(runs) == 1 else 'any of these runs'}; logged: {', '.join(names)}{suggest(metric, names)}"
+            f"--metric {metric}: not logged by {'this run' if len(runs) == 1 else 'any of these runs'}; logged: "
+            f"{', '.join(names)}{suggest(metric, names)}"
         )
     hparams = differing_hparams(runs) if len(runs) > 1 else []
     plt = _pyplot()
@@ -84,13 +85,18 @@ def compare_curves(runs: list[Run], metric: str, out: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------
 
 CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1100px; color: #1d2330; padding: 0 1rem; }
-h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #dde; padding-bottom: .2rem; }
+body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1100px; color: #1d2330;
+  padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; }
+h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #dde; padding-bottom: .2rem; }
 .sub { color: #667; } .status { padding: .1rem .5rem; border-radius: .6rem; color: #fff; font-size: .85rem; }
-.finished { background: #2a7d46; } .running { background: #2563eb; } .failed { background: #b42318; } .interrupted { background: #b54708; } .unknown { background: #667; }
-table { border-collapse: collapse; } td, th { padding: .2rem .8rem .2rem 0; text-align: left; vertical-align: top; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.finished { background: #2a7d46; } .running { background: #2563eb; } .failed { background: #b42318; } .interrupted { background: #b54708; }
+.unknown { background: #667; }
+table { border-collapse: collapse; } td, th { padding: .2rem .8rem .2rem 0; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f5f6f8; padding: .8rem; overflow-x: auto; font-size: 12px; } svg { max-width: 100%; height: auto; }
-img { image-rendering: pixelated; } .headline { font-size: 1.05rem; } .metrics { display: flex; gap: 3rem; flex-wrap: wrap; } h3 { font-size: 1rem; margin-bottom: .3rem; }
+img { image-rendering: pixelated; } .headline { font-size: 1.05rem; } .metrics { display: flex; gap: 3rem; flex-wrap: wrap; }
+h3 { font-size: 1rem; margin-bottom: .3rem; }
 figure { margin: 1rem 0; overflow-x: auto; } figcaption { color: #667; font-size: .85rem; }
 """
 
@@ -217,8 +223,11 @@ def build_report(run: Run) -> str:
     media = run.path / "media"
     parts = [
         f"<h1>{html.escape(run.name)}</h1>",
-        f'<p class="sub"><span class="status {html.escape(run.status if run.status in ("finished", "running", "failed", "interrupted") else "unknown")}">{html.escape(run.status)}</span>'
-        f" &nbsp;started {format_time(run.started)} &middot; wall time {format_duration(run.duration_s)} &middot; {html.escape(str(run.path))}</p>",
+        '<p class="sub"><span class="status '
+        f'{html.escape(run.status if run.status in ("finished", "running", "failed", "interrupted") else "unknown")}">'
+        f"{html.escape(run.status)}</span>"
+        f" &nbsp;started {format_time(run.started)} &middot; wall time {format_duration(run.duration_s)} &middot; "
+        f"{html.escape(str(run.path))}</p>",
     ]
     if run.metrics:
         from trainyard.tasks import summary_text

@@ -45,7 +45,8 @@ def _check_call(key: str, text: str) -> None:
         from trainyard.config import suggest
 
         raise ConfigError(
-            f"{key}={text}: not a range this sweep knows{suggest(name, KINDS)}; ranges: uniform(LOW,HIGH), loguniform(LOW,HIGH), randint(LOW,HIGH)"
+            f"{key}={text}: not a range this sweep knows{suggest(name, KINDS)}; ranges: uniform(LOW,HIGH), loguniform(LOW,HIGH), "
+            "randint(LOW,HIGH)"
         )
     if not RANGE.match(text):
         raise ConfigError(

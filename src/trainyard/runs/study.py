@@ -71,7 +71,8 @@ def open_storage(url: str | None, folder: Path) -> Any:
         parsed = make_url(url)
     except Exception as exc:
         raise TrainyardError(
-            f"--storage {shown}: not a database URL ({_first_line(exc)}); e.g. postgresql://USER:PASSWORD@HOST:5432/DB or sqlite:///sweeps.db"
+            f"--storage {shown}: not a database URL ({_first_line(exc)}); e.g. postgresql://USER:PASSWORD@HOST:5432/DB or "
+            "sqlite:///sweeps.db"
         ) from None
     if parsed.drivername == "postgresql":  # no driver named: the one installed (SQLAlchemy 2.1 assumes psycopg 3, 2.0 psycopg2)
         import importlib.util
@@ -288,6 +289,7 @@ def wait_for_spec(study: Any, timeout_s: float = 60.0) -> dict:
             return spec
         if time.monotonic() > deadline:
             raise TrainyardError(
-                f"sweep {study.study_name}: its study has no trainyard spec (made by another tool, or its maker stopped while queueing the trials); pick another --name"
+                f"sweep {study.study_name}: its study has no trainyard spec (made by another tool, or its maker stopped while queueing "
+                "the trials); pick another --name"
             )
         time.sleep(0.5)

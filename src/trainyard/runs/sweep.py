@@ -233,7 +233,8 @@ class Sweep:
         return out
 
     def summary(self) -> tuple[list[str], list[list[str]], str | None]:
-        """The trials' table, best first (by each run's best monitored value; pruned, failed, diverged trials last), and the monitored metric."""
+        """The trials' table, best first (by each run's best monitored value; pruned, failed, diverged trials last), and the
+        monitored metric."""
         from trainyard.runs.table import load_run, runs_table
 
         runs = []

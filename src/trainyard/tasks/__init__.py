@@ -66,7 +66,8 @@ def make_criterion(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | 
         logits = output_logits(out)
         if logits is None or loss is None:
             raise ConfigError(
-                "the model's output holds no loss and no logits, and the task has no loss to compute; return a tensor of predictions, or a dict with 'loss'"
+                "the model's output holds no loss and no logits, and the task has no loss to compute; return a tensor of predictions, or "
+                "a dict with 'loss'"
             )
         return criterion(logits, y)
 
@@ -106,7 +107,8 @@ def build_loss(spec: Any, args: dict | None, key: str = "task.loss") -> Callable
             obj = getattr(nn, spec)
         else:
             raise ConfigError(
-                f"{key}={spec}: unknown loss; a torch.nn loss ({', '.join(_torch_losses()[:8])}, ...) or an import path{hint(spec, _torch_losses())}"
+                f"{key}={spec}: unknown loss; a torch.nn loss ({', '.join(_torch_losses()[:8])}, ...) or an import "
+                f"path{hint(spec, _torch_losses())}"
             )
     else:
         obj = spec
@@ -159,7 +161,8 @@ def _metric_class(name: str, key: str):
             return cls
     known = [n for n in dir(torchmetrics) if n[:1].isupper()]
     raise ConfigError(
-        f"{key}: unknown metric {name!r}; a torchmetrics class name (Accuracy, F1Score, MeanAbsoluteError, ...) or an import path{hint(name, known)}"
+        f"{key}: unknown metric {name!r}; a torchmetrics class name (Accuracy, F1Score, MeanAbsoluteError, ...) or an import "
+        f"path{hint(name, known)}"
     )
 
 

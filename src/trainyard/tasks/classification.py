@@ -42,11 +42,13 @@ class Classification(Task):
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
         if targets.ndim > 1:
             raise DataError(
-                f"{where}: targets are vectors of {targets.shape[-1]}, but task=classification takes one class id per sample; for 0/1 label vectors use task=multilabel"
+                f"{where}: targets are vectors of {targets.shape[-1]}, but task=classification takes one class id per sample; for 0/1 "
+                "label vectors use task=multilabel"
             )
         if targets.is_floating_point() and not torch.equal(targets, targets.round()):
             raise DataError(
-                f"{where}: targets are fractional (e.g. {_example(targets[targets != targets.round()])}), but task=classification takes class ids 0..num_classes-1; for real values use task=regression"
+                f"{where}: targets are fractional (e.g. {_example(targets[targets != targets.round()])}), but task=classification takes "
+                "class ids 0..num_classes-1; for real values use task=regression"
             )
 
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -94,7 +96,10 @@ class Binary(Classification):
 
     def check_output(self, out: torch.Tensor, y: torch.Tensor) -> str | None:
         if out.numel() != len(y) or out.shape[0] != len(y):
-            return f"output {tuple(out.shape)} for targets {tuple(y.shape)}: task=binary needs one logit per sample, ({len(y)},) or ({len(y)}, 1)"
+            return (
+                f"output {tuple(out.shape)} for targets {tuple(y.shape)}: task=binary needs one logit per sample, "
+                f"({len(y)},) or ({len(y)}, 1)"
+            )
         return None
 
     def check_targets(self, targets: torch.Tensor, where: str) -> None:
@@ -106,7 +111,8 @@ class Binary(Classification):
         if bool(((t < 0) | (t > 1)).any()):
             bad = t[(t < 0) | (t > 1)]
             raise DataError(
-                f"{where}: targets outside [0, 1] (e.g. {_example(bad)}); task=binary takes 0/1 (or probabilities); for class ids use task=classification"
+                f"{where}: targets outside [0, 1] (e.g. {_example(bad)}); task=binary takes 0/1 (or probabilities); for class ids use "
+                "task=classification"
             )
 
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -168,7 +174,8 @@ class Multilabel(Task):
         t = targets.float()
         if bool(((t != 0) & (t != 1)).any()):
             raise DataError(
-                f"{where}: targets hold values other than 0 and 1 (e.g. {_example(t[(t != 0) & (t != 1)])}); task=multilabel takes 0/1 label vectors"
+                f"{where}: targets hold values other than 0 and 1 (e.g. {_example(t[(t != 0) & (t != 1)])}); task=multilabel takes 0/1 "
+                "label vectors"
             )
 
     def train_stat(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:

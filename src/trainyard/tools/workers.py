@@ -216,7 +216,8 @@ def measure_workers(cfg: RunConfig, max_seconds: float = 60.0, report: Callable[
     first = next(iter(loader_for(0)), None)
     if first is None:
         raise ConfigError(
-            f"loader.batch_size={cfg.loader.batch_size}: the training loader gives no batch ({len(data.train)} samples, loader.drop_last={str(cfg.loader.drop_last).lower()}); nothing to time"
+            f"loader.batch_size={cfg.loader.batch_size}: the training loader gives no batch ({len(data.train)} samples, "
+            f"loader.drop_last={str(cfg.loader.drop_last).lower()}); nothing to time"
         )
     x, y = first
     compute_s = _compute_time(step, x, y, device, per_run)

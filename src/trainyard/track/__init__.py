@@ -122,7 +122,8 @@ def check_backends(names: list) -> None:
     for name in names:
         if name not in BACKENDS and not is_import_path(name):
             raise ConfigError(
-                f"track.backends: unknown backend {name!r}; allowed: {', '.join(BACKENDS)}, or the import path of a Tracker subclass{suggest(str(name), BACKENDS)}"
+                f"track.backends: unknown backend {name!r}; allowed: {', '.join(BACKENDS)}, or the import path of a Tracker "
+                f"subclass{suggest(str(name), BACKENDS)}"
             )
         if name not in BACKENDS:
             cls = BACKENDS.resolve(name, key=f"track.backends: {name}")

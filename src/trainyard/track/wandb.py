@@ -58,7 +58,8 @@ class WandbTracker(Tracker):
             why = server_reachable(base_url)
             if why is not None:
                 warnings.warn(
-                    f"W&B: cannot reach {base_url} ({why}); logging offline to {run_dir / 'wandb'}; upload later with: wandb sync {run_dir / 'wandb'}",
+                    f"W&B: cannot reach {base_url} ({why}); logging offline to {run_dir / 'wandb'}; upload later with: wandb sync "
+                    f"{run_dir / 'wandb'}",
                     stacklevel=2,
                 )
                 mode = "offline"

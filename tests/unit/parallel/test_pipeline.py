@@ -98,7 +98,8 @@ def test_microbatches_must_divide_the_batch(tiny):
     result = run_cli("train", *tiny, "parallel.strategy=pipeline", "parallel.devices=2", "parallel.microbatches=3")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "trainyard: error: parallel.microbatches=3: loader.batch_size=64 does not split into equal micro-batches; use one of [1, 2, 4, 8, 16, 32, 64]"
+        "trainyard: error: parallel.microbatches=3: loader.batch_size=64 does not split into equal micro-batches; use one of [1, 2, 4, 8, "
+        "16, 32, 64]"
     ]
 
 
