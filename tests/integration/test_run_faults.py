@@ -121,7 +121,7 @@ def test_a_save_that_hits_a_file_size_limit_is_one_line_keeps_last_pt_and_says_f
     line = one_line(proc, 1, "cannot write", "last.pt", "File too large", "free there")
     assert last.read_bytes() == kept  # the previous last.pt, whole
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no partial file
-    assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
+    assert not list(run_dir.glob("*.tmp*")) and not list(run_dir.glob(".*.tmp*"))
     record = status(run_dir)
     assert record["status"] == "failed" and record["reason"] == line.removeprefix("trainyard: error: ")
     assert not (run_dir / ".lock").exists()

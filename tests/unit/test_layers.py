@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # lowest first; a module may import its own layer and the ones before it
 LAYERS = [
     "errors",
+    "files",
     "extras",
     "devices",
     "config",

@@ -27,6 +27,7 @@ from trainyard.data import DataBundle, DataInfo
 from trainyard.data.collate import pad_collate
 from trainyard.data.splits import stratified_split
 from trainyard.errors import ConfigError, DataError
+from trainyard.files import atomic_write
 
 # Texts are encoded once, in the main process, before loader workers start. Rust-side threads that
 # were used before a fork make `tokenizers` print a warning in every forked worker; the threads buy
@@ -345,13 +346,7 @@ def save_text_artifacts(run_dir: Path, tokenizer_json: str, labels: dict) -> Non
         path = run_dir / name
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue  # a resume: the run's own files, left untouched
-        tmp = path.with_name(f".{name}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)  # a failed write (a full disk) leaves the previous file whole
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write(path, text)
 
 
 def read_saved_classes(run_dir: Path | None) -> list[str] | None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from trainyard.config import RunConfig, to_dict
+from trainyard.files import atomic_write
 
 DATA_BOUND = 0.30  # waiting for data more than this share of the time: the run is data-bound
 
@@ -71,9 +72,7 @@ def store_num_workers(cfg: RunConfig, num_workers: int) -> Path | None:
             "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(entries, indent=1, sort_keys=True))
         return path
     except (OSError, ValueError):
         return None

@@ -17,6 +17,7 @@ import torch
 
 from trainyard.devices import resolve_device  # noqa: F401 - re-exported: strategies import it from here
 from trainyard.errors import ConfigError, Interrupted, TrainyardError
+from trainyard.files import atomic_write
 
 
 def free_port() -> int:
@@ -215,10 +216,7 @@ def _spawned_rank(local_rank: int, strategy: Any, fn: Callable[..., Any], args: 
 
 
 def _write_report(reports_dir: str, report: RankReport) -> None:
-    path = Path(reports_dir) / f"rank-{report.rank}.pkl"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(report))
-    os.replace(tmp, path)
+    atomic_write(Path(reports_dir) / f"rank-{report.rank}.pkl", pickle.dumps(report))
 
 
 def failure_report(rank: int, exc: BaseException, failed_at: float | None) -> RankReport:

@@ -6,12 +6,12 @@ import base64
 import datetime as dt
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 from trainyard.config import suggest
 from trainyard.errors import ConfigError, TrainyardError
+from trainyard.files import atomic_write
 from trainyard.runs.table import Run, differing_hparams, format_duration, format_time, format_value
 from trainyard.track.jsonl import read_metrics
 
@@ -278,13 +278,8 @@ def build_report(run: Run) -> str:
 
 def write_report(run: Run, out: Path) -> None:
     text = build_report(run)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)  # a failed write (a full disk) leaves the previous report whole
+        atomic_write(out, text)
     except OSError as exc:
         raise TrainyardError(f"--out {out}: cannot write ({exc.strerror})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()

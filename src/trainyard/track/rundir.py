@@ -3,7 +3,6 @@ event files and checkpoints/. An existing folder is never reused except by resum
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -14,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from trainyard.config import RunConfig, to_yaml
-from trainyard.errors import CANNOT_WRITE, ConfigError, TrainyardError, write_error
+from trainyard.errors import ConfigError, TrainyardError
+from trainyard.files import atomic_write
 
 
 def fresh_name(root: Path | str) -> str:
@@ -51,34 +51,14 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
     """config.yaml, replaced atomically: a failed write leaves the previous one."""
-    path = Path(run_dir) / "config.yaml"
-    tmp = path.with_name(".config.yaml.tmp")
-    try:
-        tmp.write_text(to_yaml(cfg), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if exc.errno in CANNOT_WRITE:
-            raise write_error(exc, path) from None
-        raise
+    atomic_write(Path(run_dir) / "config.yaml", to_yaml(cfg))
 
 
 def write_status(run_dir: Path, **fields: Any) -> None:
     """Merge ``fields`` into status.json (atomically): status, started, ended, duration_s, metrics..."""
-    path = Path(run_dir) / "status.json"
     data = read_status(run_dir)
     data.update(fields)
-    tmp = path.with_suffix(".json.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()  # never a partial status.json.tmp left behind
-        if exc.errno in CANNOT_WRITE:
-            raise write_error(exc, path) from None
-        raise
+    atomic_write(Path(run_dir) / "status.json", json.dumps(data, indent=2, default=str))
 
 
 def cut_torn_tail(path: Path) -> None:
