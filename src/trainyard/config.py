@@ -179,6 +179,23 @@ class TrainerConfig:
     monitor_mode: str = opt("auto", "auto (min for losses, else max), min or max", choices=["auto", "min", "max"])
     patience: int = opt(0, "early stopping: epochs without improvement before stopping (0: off)", min=0)
     deterministic: bool = opt(False, "use deterministic algorithms only (slower, bitwise repeatable on GPU)")
+    compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = opt(
+        False,
+        "torch.compile the model for training (single, ddp, fsdp): false, true (mode default), or a mode; the first step compiles "
+        "(slow), a failure falls back to eager with one warning; on CPU it needs a C++ compiler (g++ or $CXX); checkpoints hold "
+        "the plain weights either way",
+    )
+    cpu_threads: Union[int, Literal["auto"]] = opt(
+        "auto",
+        "torch.set_num_threads; auto: this process's share of the cores less one per loader worker (at least 1), "
+        "left as it is when OMP_NUM_THREADS is set",
+        min=1,
+    )
+    cuda_defaults: bool = opt(
+        True,
+        "on CUDA: TF32 matmuls and convolutions and cudnn.benchmark (both off under trainer.deterministic), channels_last for "
+        "models with 2-d convolutions (single, dp, ddp); false: PyTorch's defaults",
+    )
     progress: Union[bool, Literal["auto"]] = opt("auto", "progress bar; auto: only when output is a terminal")
     progress_every_s: float = opt(
         30.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -48,3 +49,35 @@ def move(batch, device: torch.device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(move(v, device) for v in batch)
     return batch
+
+
+def choose_threads(setting: int | str, *, cores: int, processes: int, workers: int) -> int:
+    """``torch.set_num_threads`` for this process: a number as given; ``auto`` leaves OMP_NUM_THREADS (the user's
+    choice) alone, else takes this process's share of the cores less one per loader worker, so that the model's
+    threads and the workers do not fight over the same cores. Returns the threads now in use."""
+    if setting != "auto":
+        torch.set_num_threads(int(setting))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, cores // max(1, processes) - workers))
+    return torch.get_num_threads()
+
+
+def cuda_speedups(device: torch.device, *, enabled: bool, deterministic: bool) -> list[str]:
+    """Process-wide CUDA settings PyTorch leaves off for exactness: TF32 float32 matmuls (convolutions already use
+    it) and cudnn.benchmark (picks the fastest convolution algorithm per shape). Neither under trainer.deterministic;
+    a matmul precision set before (by the user) is kept. Returns the names of what is on, for the start line."""
+    if device.type != "cuda" or not enabled or deterministic:
+        return []
+    on = []
+    if torch.get_float32_matmul_precision() == "highest":  # PyTorch's default: nobody chose otherwise
+        torch.set_float32_matmul_precision("high")
+    if torch.get_float32_matmul_precision() != "highest":
+        on.append("tf32")
+    torch.backends.cudnn.benchmark = True
+    on.append("cudnn.benchmark")
+    return on
+
+
+def wants_channels_last(model: torch.nn.Module, device: torch.device, *, enabled: bool) -> bool:
+    """Whether to train in channels_last: on CUDA, for a model with 2-d convolutions (tensor cores read NHWC)."""
+    return enabled and device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())

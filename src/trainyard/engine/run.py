@@ -77,6 +77,9 @@ RESUMABLE = (
     "trainer.on_nonfinite",
     "trainer.device",
     "trainer.deterministic",
+    "trainer.compile",
+    "trainer.cpu_threads",
+    "trainer.cuda_defaults",
     "loader.num_workers",
     "loader.pin_memory",
     "loader.persistent_workers",
@@ -114,6 +117,7 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
 def train(cfg: RunConfig, resume: str | Path | None = None, parts: UserParts | None = None) -> dict[str, float]:
     """Train one run (in every process the strategy launches); returns the primary's final metrics."""
     from trainyard.data.loading import check_loader_config
+    from trainyard.engine.compile import check_compile
     from trainyard.parallel import build_strategy
     from trainyard.track import check_backends
 
@@ -121,6 +125,7 @@ def train(cfg: RunConfig, resume: str | Path | None = None, parts: UserParts | N
         check_resume_config(Path(resume), cfg)
     check_backends(cfg.track.backends)
     check_loader_config(cfg.loader)
+    check_compile(cfg)
     check_names(cfg, parts)
     strategy = build_strategy(cfg)
     return strategy.launch(run_process, cfg, str(resume) if resume is not None else None, parts)
@@ -257,7 +262,8 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
                     strategy=strategy.describe(),
                 )
                 print(
-                    f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)})",
+                    f"trainyard: {run_dir}  ({strategy.describe()}, {len(data.train)} training samples, {batch_text(cfg, strategy)}"
+                    f"; {', '.join(trainer.speed_notes)})",
                     flush=True,
                 )
         trained = True  # from here on a stop keeps what the loop saved

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from torch import nn
 from trainyard.config import RunConfig, flat_items, to_dict
 from trainyard.data import DataBundle
 from trainyard.data.loading import build_loader
-from trainyard.devices import move
+from trainyard.devices import choose_threads, cuda_speedups, move, wants_channels_last
 from trainyard.engine.callbacks import Callbacks, build_callbacks
 from trainyard.engine.checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainyard.engine.evaluate import EvalResult, evaluate
@@ -82,7 +83,17 @@ class Trainer:
 
         self.task = task if task is not None else build_task(cfg, data.info)
         self.callbacks = Callbacks(build_callbacks(cfg.callbacks, callbacks))
+        self.speed_notes: list[str] = []  # what the start line names: threads, workers, compile, CUDA settings
+        convnet_on_cuda = wants_channels_last(model, strategy.device, enabled=t.cuda_defaults)
+        self.channels_last = convnet_on_cuda and strategy.name in ("single", "dp", "ddp")  # fsdp shards dim 0 of each parameter
+        if self.channels_last:  # before wrapping: DDP's buckets and dp's replicas take the parameters' layout
+            model = model.to(memory_format=torch.channels_last)
         self.model = strategy.wrap(model)
+        self.compiled = None
+        if t.compile is not False:
+            from trainyard.engine.compile import CompiledForward
+
+            self.compiled = CompiledForward(self.model, t.compile, strategy=strategy, warn=self._warn)
         self.optimizer = build_optimizer(self.model, cfg.optim, optimizer)
         self.loss_fn = self.task.criterion
 
@@ -109,6 +120,7 @@ class Trainer:
             )
         self.val_loader = self._eval_loader(data.val)
         self.test_loader = self._eval_loader(data.test)
+        self._choose_threads()
         if len(self.train_loader) == 0:
             raise ConfigError(
                 f"loader.batch_size={cfg.loader.batch_size}: larger than the {len(self.train_sampler)} training samples per device with "
@@ -183,6 +195,27 @@ class Trainer:
             return None
         sampler = self.strategy.eval_sampler(dataset)
         return build_loader(dataset, self.loader_cfg, device=self.device, sampler=sampler, train=False, collate_fn=self.data.collate_fn)
+
+    def _warn(self, line: str) -> None:
+        if self.strategy.is_primary:
+            print(line, file=sys.stderr, flush=True)
+
+    def _choose_threads(self) -> None:
+        """CPU threads and loader workers together (trainer.cpu_threads), and the CUDA settings, named for the start line."""
+        from trainyard.data.workers import cpu_count
+
+        t = self.cfg.trainer
+        workers = getattr(self.train_loader, "num_workers", 0)  # the batched loader has none
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", self.strategy.processes))
+        threads = choose_threads(t.cpu_threads, cores=cpu_count(), processes=processes, workers=workers)
+        self.speed_notes.append(f"threads {threads}, workers {workers}")
+        if self.compiled is not None:
+            self.speed_notes.append(self.compiled.describe())
+        self.speed_notes += cuda_speedups(self.device, enabled=t.cuda_defaults, deterministic=t.deterministic)
+        if self.channels_last:
+            self.speed_notes.append("channels_last")
+        if getattr(self.train_loader, "pin", getattr(self.train_loader, "pin_memory", False)):  # the batched loader: pin
+            self.speed_notes.append("pin_memory")
 
     def _resolve_workers(self):
         """``loader.num_workers: auto`` becomes the stored measurement (or a heuristic); the log says which."""
@@ -431,6 +464,9 @@ class Trainer:
         step_hooks = self.callbacks.step_end
         per_step_schedule = not self.schedule_per_epoch
         forward_backward = strategy.forward_backward
+        if self.compiled is not None and self.compiled.active:
+            forward_backward = self.compiled.wrap(forward_backward)  # the compiled model; eager after a failure
+        channels_last = self.channels_last
         scaler_enabled = scaler.is_enabled()
         total_batches = len(self.train_loader)
         epoch_start = time.perf_counter()
@@ -456,6 +492,8 @@ class Trainer:
             wait += perf_counter() - t0
             x = x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else move(x, device)
             y = y.to(device, non_blocking=True)
+            if channels_last and x.__class__ is torch.Tensor and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if log_first:
                 log_first = False
                 self._first_batch_logged = True
