@@ -92,3 +92,28 @@ echo "== divergence on cuda under fp16: stops with one line, status diverged"
 $PY -m trainyard train name=gpu-nan track.root="$OUT/runs" trainer.device=cuda trainer.precision=fp16 optim.name=sgd optim.lr=1e6 trainer.epochs=3 trainer.progress=false 2>&1 | tail -1
 grep -E '"status"' "$OUT/runs/gpu-nan/status.json"
 # --- end issue 16 ----------------------------------------------------------------------------------------------
+
+# --- issue 20: CUDA defaults and trainer.compile on cuda ---------------------------------------------------------
+echo "== start line on cuda, CNN: expect tf32, cudnn.benchmark, channels_last (and pin_memory on the DataLoader path)"
+$PY -m trainyard train name=gpu-defaults track.root="$OUT/runs" trainer.device=cuda model.name=cnn trainer.epochs=1 loader.batched=false \
+  trainer.progress=false | grep -E "^trainyard: .*training samples|test accuracy"
+echo "== the same under trainer.deterministic: none of tf32, cudnn.benchmark"
+CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m trainyard train name=gpu-deterministic track.root="$OUT/runs" trainer.device=cuda model.name=cnn trainer.epochs=1 \
+  trainer.deterministic=true trainer.progress=false | grep -E "^trainyard: .*training samples|test accuracy"
+for mode in default max-autotune-no-cudagraphs; do
+  echo "== trainer.compile=$mode on cuda, CNN, bf16 (no fallback warning expected)"
+  $PY -m trainyard train name=gpu-compile-$mode track.root="$OUT/runs" trainer.device=cuda model.name=cnn trainer.epochs=2 \
+    trainer.compile=$mode trainer.precision=bf16 trainer.progress=false 2>&1 | grep -E "compile|^epoch|test accuracy"
+done
+if [ "$GPUS" -gt 1 ]; then
+  for strategy in ddp fsdp; do
+    echo "== trainer.compile=true under $strategy, 2 GPUs"
+    $PY -m trainyard train name=gpu-compile-$strategy track.root="$OUT/runs" parallel.strategy=$strategy parallel.devices=2 model.name=cnn \
+      trainer.epochs=2 trainer.compile=true trainer.progress=false 2>&1 | grep -E "compile|^epoch|test accuracy"
+  done
+fi
+echo "== MNIST time to 99% (the trainyard side on cuda, the plain script as published, on the CPU)"
+if [ -d ../shared/data/MNIST ]; then
+  $PY benchmarks/time_to_accuracy.py --repeats 1 | grep -E "RESULT|run 0"
+fi
+# --- end issue 20 ------------------------------------------------------------------------------------------------
