@@ -33,6 +33,13 @@ against trainyard as it runs by default on in-memory tensors (the batched loader
 the same order, alternating: ``RESULT batched_vs_naive_raw_mlp`` and ``..._cnn`` (trainyard / naive raw throughput).
 
     python benchmarks/overhead.py --sides batched [--repeats 5]
+
+``--sides compile`` times ``trainer.compile=true`` against the same trainyard run eager (both on the batched
+loader), one unmeasured run of each first (it fills inductor's cache), then alternating; each timed run pays its
+own compile (a new model is a new graph to trace; the kernels come from the cache), as a user's run would:
+``RESULT compile_speedup_<workload>_<device>`` (compiled / eager throughput).
+
+    python benchmarks/overhead.py --sides compile --workloads cnn [--repeats 3]
 """
 
 from __future__ import annotations
@@ -335,9 +342,9 @@ def main() -> None:
         "--sides",
         nargs="+",
         default=["overhead"],
-        choices=["overhead", "batched"],
+        choices=["overhead", "batched", "compile"],
         help="overhead: raw loop vs trainyard on the same DataLoader (and Lightning); batched: naive raw loop vs trainyard's batched "
-        "loader",
+        "loader; compile: trainyard eager vs trainer.compile=true",
     )
     parser.add_argument("--lightning-child", nargs=4, metavar=("WORKLOAD", "NAME", "ROOT", "WEIGHTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -362,11 +369,13 @@ def main() -> None:
     lightning = overhead and lightning_available()
     if overhead:
         print(f"lightning: {'installed, a third column' if lightning else 'not installed, no column'}")
-    results, lightning_results, batched_results = {}, {}, {}
+    results, lightning_results, batched_results, compile_results = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as root:
         for workload in args.workloads:
             if "batched" in args.sides:
                 batched_results[workload] = batched_side(workload, args, root)
+            if "compile" in args.sides:
+                compile_results[workload] = compile_side(workload, args, root)
             if not overhead:
                 continue
 
@@ -404,6 +413,8 @@ def main() -> None:
         print(f"RESULT lightning_ratio_{workload} {ratio:.3f}")
     for workload, ratio in batched_results.items():
         print(f"RESULT batched_vs_naive_raw_{workload} {ratio:.3f}")
+    for workload, ratio in compile_results.items():
+        print(f"RESULT compile_speedup_{workload}_{args.device.split(':')[0]} {ratio:.3f}")
 
 
 def batched_side(workload: str, args, root: str) -> float:
@@ -427,6 +438,31 @@ def batched_side(workload: str, args, root: str) -> float:
         f"(naive runs {', '.join(f'{v:,.0f}' for v in naive)}; trainyard runs {', '.join(f'{v:,.0f}' for v in ours)})"
     )
     return o / n
+
+
+def compile_side(workload: str, args, root: str) -> float:
+    """trainyard eager against trainer.compile=true, both batched: one unmeasured run of each, then ``--repeats``
+    alternating pairs (each compiled run compiles its own model). Returns compiled / eager, medians."""
+
+    def config(name: str, compiled: bool):
+        cfg = make_config(workload, root, args.device, args.precision, f"{workload}-{name}", batched="auto")
+        cfg.trainer.compile = compiled
+        return cfg
+
+    _, eager_weights = run_trainyard(config("warm-eager", False))
+    _, compiled_weights = run_trainyard(config("warm-compiled", True))
+    print(f"{workload}: compiled vs eager: final weights {same_weights(eager_weights, compiled_weights)}")
+    eager, compiled = [], []
+    for i in range(args.repeats):  # alternating, so drift hits both sides alike
+        eager.append(run_trainyard(config(f"eager-{i}", False))[0])
+        compiled.append(run_trainyard(config(f"compiled-{i}", True))[0])
+    e, c = statistics.median(eager), statistics.median(compiled)
+    pairs = statistics.median(b / a for a, b in zip(eager, compiled))
+    print(
+        f"{workload}: eager {e:,.0f} samples/s  compiled {c:,.0f} samples/s  ratio {c / e:.3f} (median of pairs {pairs:.3f})  "
+        f"(eager runs {', '.join(f'{v:,.0f}' for v in eager)}; compiled runs {', '.join(f'{v:,.0f}' for v in compiled)})"
+    )
+    return c / e
 
 
 if __name__ == "__main__":

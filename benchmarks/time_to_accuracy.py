@@ -5,7 +5,7 @@ per epoch, batch 64, test batch 1000, ToTensor + Normalize per sample through a 
 files (``../shared/data/MNIST``), alternating, as whole processes: the clock starts before the process is
 started and stops when it prints that the target was reached (imports, data loading and every test pass count).
 
-    python benchmarks/time_to_accuracy.py [--repeats 1] [--max-epochs 14] [--target 0.99]
+    python benchmarks/time_to_accuracy.py [--repeats 1] [--max-epochs 14] [--target 0.99] [--set key=value ...]
 
 The trainyard side is ``trainyard train examples/mnist_fast.yaml`` with one callback of this file
 (``TestEachEpoch``) that tests after every epoch, as the plain script does. Each side stops at the target.
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(DATA))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides on top of the recipe (to try variants)")
     args = parser.parse_args()
     if args.plain_child:
         plain_main(args.root, args.max_epochs, args.target)
@@ -160,6 +161,7 @@ def main() -> None:
                         f"track.root={tmp}",
                         f"name=tta-{i}",
                         f"callbacks=[{{time_to_accuracy:TestEachEpoch: {{target: {args.target}}}}}]",
+                        *args.set,
                     ],
                     env,
                 )

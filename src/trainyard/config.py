@@ -187,7 +187,7 @@ class TrainerConfig:
     )
     cpu_threads: Union[int, Literal["auto"]] = opt(
         "auto",
-        "torch.set_num_threads; auto: this process's share of the cores less one per loader worker (at least 1), "
+        "torch.set_num_threads; auto: this process's share of the cores (at most torch's default) less one per loader worker (at least 1), "
         "left as it is when OMP_NUM_THREADS is set",
         min=1,
     )

@@ -51,14 +51,19 @@ def move(batch, device: torch.device):
     return batch
 
 
+# torch's own choice at start-up (the physical cores): hyperthreads counted as cores would slow the kernels down
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def choose_threads(setting: int | str, *, cores: int, processes: int, workers: int) -> int:
     """``torch.set_num_threads`` for this process: a number as given; ``auto`` leaves OMP_NUM_THREADS (the user's
-    choice) alone, else takes this process's share of the cores less one per loader worker, so that the model's
-    threads and the workers do not fight over the same cores. Returns the threads now in use."""
+    choice) alone, else takes this process's share of the cores (at most torch's default) less one per loader
+    worker, so that the model's threads and the workers do not fight over the same cores. Returns the threads now in use."""
     if setting != "auto":
         torch.set_num_threads(int(setting))
     elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, cores // max(1, processes) - workers))
+        share = min(TORCH_DEFAULT_THREADS, cores // max(1, processes))
+        torch.set_num_threads(max(1, share - workers))
     return torch.get_num_threads()
 
 

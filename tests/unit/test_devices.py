@@ -27,8 +27,16 @@ def restore_settings():
 )
 def test_auto_threads_share_the_cores_with_the_workers(monkeypatch, cores, processes, workers, threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("trainyard.devices.TORCH_DEFAULT_THREADS", 64)  # a machine with more cores than these
     assert choose_threads("auto", cores=cores, processes=processes, workers=workers) == threads
     assert torch.get_num_threads() == threads
+
+
+def test_auto_threads_stay_within_torchs_default(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("trainyard.devices.TORCH_DEFAULT_THREADS", 4)  # 4 physical cores, 8 logical
+    assert choose_threads("auto", cores=8, processes=1, workers=0) == 4
+    assert choose_threads("auto", cores=8, processes=1, workers=1) == 3
 
 
 def test_an_explicit_setting_and_omp_num_threads_are_kept(monkeypatch):
