@@ -32,6 +32,12 @@ def compiler_missing(device: torch.device) -> str | None:
     return f"no C++ compiler ({where} not found), which torch.compile needs on CPU; install g++ or set CXX"
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's type and the first line of its message (compiler errors run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
 def mode_of(setting: bool | str) -> str | None:
     """The trainer.compile value as torch.compile's mode (None: its default)."""
     return None if setting is True or setting == "default" else str(setting)
@@ -57,8 +63,11 @@ class CompiledForward:
         self.reason = compiler_missing(strategy.device)  # why it runs eager (None: compiled)
         self.module: nn.Module = model
         if self.reason is None:
-            self.module = torch.compile(model, mode=self.mode)
-        else:
+            try:
+                self.module = torch.compile(model, mode=self.mode)
+            except Exception as exc:  # e.g. a Python version dynamo does not support yet
+                self.reason = one_line(exc)
+        if self.reason is not None:
             self.warn(f"trainyard: trainer.compile: training eager: {self.reason}")
 
     @property
@@ -76,8 +85,7 @@ class CompiledForward:
                 try:
                     return forward_backward(self.module, x, y, loss_fn, autocast, scale)
                 except Exception as exc:  # any compiler error (inductor, a missing toolchain, an untraceable model)
-                    lines = str(exc).strip().splitlines()
-                    self.reason = f"{type(exc).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+                    self.reason = one_line(exc)
                     self.module = model
                     self.warn(f"trainyard: trainer.compile: compiling failed, training eager from here: {self.reason}")
                     # Compiling fails before a parameter's gradient is written (the forward compiles at the call, the

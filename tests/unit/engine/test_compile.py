@@ -102,3 +102,17 @@ def test_compile_is_refused_under_a_strategy_it_does_not_support(tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.compile=true: works with parallel.strategy single, ddp, fsdp, not pipeline"):
         check_compile(config(tmp_path, "trainer.compile=true", "parallel.strategy=pipeline"))
     check_compile(config(tmp_path, "trainer.compile=true", "parallel.strategy=ddp"))
+
+
+def test_a_torch_compile_that_refuses_at_once_leaves_the_model_eager(monkeypatch):
+    from trainyard.engine.compile import CompiledForward
+
+    def refuse(model, mode=None):
+        raise RuntimeError("torch.compile is not supported on this Python version")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    warned: list[str] = []
+    model = torch.nn.Linear(2, 2)
+    compiled = CompiledForward(model, True, strategy=type("S", (), {"device": torch.device("cpu")})(), warn=warned.append)
+    assert not compiled.active and compiled.module is model
+    assert warned == ["trainyard: trainer.compile: training eager: RuntimeError: torch.compile is not supported on this Python version"]
