@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,13 +61,28 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """Finished runs trained once for the module, as ``tiny`` trains them: ``done`` (2 epochs) and ``one``
+    (1 epoch). A test works on its own copy (``copy_of``), so none sees another's changes."""
+    root = tmp_path_factory.mktemp("trained") / "runs"
+    tiny = [f"track.root={root}", "trainer.epochs=2", "trainer.log_every=5", "model.width=8", "trainer.progress=false"]
+    finished(cli("train", *tiny, *QUIET, "name=done"))
+    finished(cli("train", *tiny, *QUIET, "name=one", "trainer.epochs=1"))
+    return {"done": root / "done", "one": root / "one"}
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run folder under ``tmp_path/runs``; a resume continues the folder it is given."""
+    return Path(shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name))
+
+
 # --- case 2: a resume that does not fit ---------------------------------------------------------------------
 
 
 @pytest.mark.timeout(400)
-def test_a_resume_whose_overrides_do_not_fit_is_refused_before_anything_is_written(tmp_path, tiny):
-    run_dir = tmp_path / "runs" / "done"
-    finished(cli("train", *tiny, *QUIET, "name=done"))
+def test_a_resume_whose_overrides_do_not_fit_is_refused_before_anything_is_written(tmp_path, trained):
+    run_dir = copy_of(trained["done"], tmp_path)
     before = snapshot(run_dir)
 
     line = one_line(
@@ -87,10 +103,9 @@ def test_a_resume_whose_overrides_do_not_fit_is_refused_before_anything_is_writt
 
 
 @pytest.mark.timeout(300)
-def test_a_checkpoint_that_does_not_fit_the_model_is_one_line_and_changes_nothing(tmp_path, tiny):
+def test_a_checkpoint_that_does_not_fit_the_model_is_one_line_and_changes_nothing(tmp_path, trained):
     """config.yaml edited by hand to another width: the config check passes, loading the weights cannot."""
-    run_dir = tmp_path / "runs" / "done"
-    finished(cli("train", *tiny, *QUIET, "name=done"))
+    run_dir = copy_of(trained["done"], tmp_path)
     config = run_dir / "config.yaml"
     config.write_text(config.read_text().replace("width: 8", "width: 12"))
     before = snapshot(run_dir)
@@ -157,9 +172,8 @@ def test_a_signal_during_set_up_of_a_new_run_removes_the_folder_it_made(tmp_path
 
 
 @pytest.mark.timeout(300)
-def test_a_signal_during_set_up_of_a_resume_leaves_the_run_as_it_was(tmp_path, tiny):
-    run_dir = tmp_path / "runs" / "done"
-    finished(cli("train", *tiny, *QUIET, "name=done"))
+def test_a_signal_during_set_up_of_a_resume_leaves_the_run_as_it_was(tmp_path, trained):
+    run_dir = copy_of(trained["done"], tmp_path)
     before = snapshot(run_dir)
     proc = cli("train", "--resume", str(run_dir), "trainer.epochs=3", "callbacks=[usercode:SignalOnBuild]")
     one_line(proc, 128 + signal.SIGTERM, "during set-up", "is as it was", f"resume with: trainyard train --resume {run_dir}")
@@ -219,11 +233,10 @@ def test_a_signal_during_a_save_lets_the_save_finish_then_stops(tmp_path, tiny):
 
 
 @pytest.mark.timeout(300)
-def test_a_resume_after_a_torn_metrics_row_appends_whole_lines(tmp_path, tiny):
+def test_a_resume_after_a_torn_metrics_row_appends_whole_lines(tmp_path, trained):
     """A run killed in the middle of writing metrics.jsonl leaves half a row; the resume's rows start on a line
     of their own, so every line of the file is one JSON object."""
-    run_dir = tmp_path / "runs" / "torn"
-    finished(cli("train", *tiny, *QUIET, "name=torn", "trainer.epochs=1"))
+    run_dir = copy_of(trained["one"], tmp_path)
     metrics = run_dir / "metrics.jsonl"
     whole = metrics.read_text()
     with open(metrics, "a") as f:
@@ -238,16 +251,15 @@ def test_a_resume_after_a_torn_metrics_row_appends_whole_lines(tmp_path, tiny):
 
 
 @pytest.mark.timeout(400)
-def test_a_longer_resume_stretches_a_cosine_to_the_new_end_and_refuses_to_stretch_a_one_cycle(tmp_path, tiny):
-    run_dir = tmp_path / "runs" / "cos"
-    finished(cli("train", *tiny, *QUIET, "name=cos", "trainer.epochs=1"))
+def test_a_longer_resume_stretches_a_cosine_to_the_new_end_and_refuses_to_stretch_a_one_cycle(tmp_path, tiny, trained):
+    run_dir = copy_of(trained["one"], tmp_path)  # the default schedule: cosine
     finished(cli("train", "--resume", str(run_dir), "trainer.epochs=3"))
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["scheduler"]["T_max"] == state["step"]  # laid out to the new last step
     assert state["optimizer"]["param_groups"][0]["lr"] < 1e-9  # and decayed to schedule.min_lr there, not back up
 
-    one_cycle = tmp_path / "runs" / "one"
-    finished(cli("train", *tiny, *QUIET, "name=one", "trainer.epochs=1", "schedule.name=onecycle"))
+    one_cycle = tmp_path / "runs" / "onecycle"
+    finished(cli("train", *tiny, *QUIET, "name=onecycle", "trainer.epochs=1", "schedule.name=onecycle"))
     before = snapshot(one_cycle)
     one_line(cli("train", "--resume", str(one_cycle), "trainer.epochs=3"), 2, "schedule.name=onecycle", "cannot be lengthened")
     assert snapshot(one_cycle) == before
