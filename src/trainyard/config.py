@@ -262,6 +262,11 @@ class ParallelConfig:
         True,
         "fsdp: free a block's gathered weights after its forward and gather them again for backward (less memory, one more all-gather)",
     )
+    activation_checkpointing: bool = opt(
+        False,
+        "single, ddp, fsdp: recompute each block's activations in backward instead of keeping them "
+        "(the blocks parallel.shard=auto finds; less memory, about one more forward a step)",
+    )
 
 
 @dataclass

@@ -44,6 +44,11 @@ def check_names(cfg: RunConfig, parts: UserParts | None = None) -> None:
 
     parts = parts or UserParts()
     strategy_class(cfg.parallel.strategy)
+    if cfg.parallel.activation_checkpointing and cfg.parallel.strategy in ("dp", "model", "pipeline"):
+        raise ConfigError(
+            f"parallel.activation_checkpointing=true: not under parallel.strategy={cfg.parallel.strategy}; "
+            "use single, ddp or fsdp, or set it to false"
+        )
     if parts.task is None:
         task_class(cfg.task.name)
     if parts.loss is None and cfg.task.loss is not None:
@@ -206,7 +211,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
 
             state = None
             if resume is not None:
-                state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+                state = load_checkpoint(run_dir / "checkpoints" / "last.pt", weights=False)  # sharded: each rank reads its part later
             elif strategy.is_primary:
                 run_dir = new_run_dir(cfg)
                 created = True

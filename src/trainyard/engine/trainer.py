@@ -26,8 +26,18 @@ from trainyard.data import DataBundle
 from trainyard.data.loading import build_loader
 from trainyard.devices import choose_threads, cuda_speedups, move, wants_channels_last
 from trainyard.engine.callbacks import Callbacks, build_callbacks
-from trainyard.engine.checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainyard.engine.checkpoint import (
+    link_checkpoint,
+    load_checkpoint,
+    remove_unnamed_shards,
+    resumed_batch,
+    rng_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+    set_rng_state,
+)
 from trainyard.engine.evaluate import EvalResult, evaluate
+from trainyard.engine.memory import RankMemory
 from trainyard.engine.optim import build_optimizer, build_scheduler, is_per_epoch, steps_per_epoch
 from trainyard.engine.signals import StopSignals
 from trainyard.engine.totals import RunningTotals
@@ -82,13 +92,15 @@ class Trainer:
             keep_freed_host_memory()  # process-wide, once
 
         self.task = task if task is not None else build_task(cfg, data.info)
-        self.callbacks = Callbacks(build_callbacks(cfg.callbacks, callbacks))
+        self.callbacks = Callbacks([*build_callbacks(cfg.callbacks, callbacks), RankMemory()])  # RankMemory: per_rank in status.json
         self.speed_notes: list[str] = []  # what the start line names: threads, workers, compile, CUDA settings
         convnet_on_cuda = wants_channels_last(model, strategy.device, enabled=t.cuda_defaults)
         self.channels_last = convnet_on_cuda and strategy.name in ("single", "dp", "ddp")  # fsdp shards dim 0 of each parameter
         if self.channels_last:  # before wrapping: DDP's buckets and dp's replicas take the parameters' layout
             model = model.to(memory_format=torch.channels_last)
         self.model = strategy.wrap(model)
+        if getattr(strategy, "checkpointed_blocks", None):  # a user's Strategy may not set it
+            self.speed_notes.append(f"activation checkpointing on {len(strategy.checkpointed_blocks)} blocks")
         self.compiled = None
         if t.compile is not False:
             from trainyard.engine.compile import CompiledForward
@@ -230,9 +242,14 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Collective: every rank calls it (a strategy may gather shards); only the primary's copy is complete.
         Callbacks' ``on_checkpoint_save`` may add entries of their own."""
+        shards = self.strategy.sharded_state(self.model, self.optimizer)  # fsdp: each rank's part, saved by every rank
         state = {
-            "model": self.strategy.model_state_dict(self.model),
-            "optimizer": self.strategy.optimizer_state_dict(self.optimizer),
+            **(
+                {"shards": shards}
+                if shards is not None
+                else {"model": self.strategy.model_state_dict(self.model), "optimizer": self.strategy.optimizer_state_dict(self.optimizer)}
+            ),
+            "world_size": self.strategy.world_size,  # with config's loader.batch_size: where in the epoch, at another world size
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -249,12 +266,18 @@ class Trainer:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.strategy.load_model_state_dict(self.model, state["model"])
-        self.strategy.load_optimizer_state_dict(self.optimizer, state["optimizer"])
+        if state.get("sharded"):  # a folder of per-rank parts: every rank reads what it holds
+            self.strategy.load_sharded_state(self.model, self.optimizer, state["sharded"])
+        else:
+            self.strategy.load_model_state_dict(self.model, state["model"])
+            self.strategy.load_optimizer_state_dict(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         fit_schedule_length(self.scheduler, self.cfg, self.total_steps)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch"], state["step"]
+        self.batch_in_epoch, moved = resumed_batch(state, self.cfg.loader.batch_size, self.strategy.world_size)
+        if moved and self.is_primary:
+            print(f"trainyard: {moved}", flush=True)
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
         set_rng_state(state["rng"])
         self._first_batch_logged = True
@@ -263,11 +286,16 @@ class Trainer:
     def save(self, name: str, *, also: str | None = None) -> None:
         """Collective: every rank calls it, the primary writes ``name`` (and ``also``, the same state, as a link)."""
         state = self.state()
+        shards = state.pop("shards", None)
+        if shards is not None:
+            save_sharded_checkpoint(self.run_dir / "checkpoints", name, state, shards, self.strategy, also=also)  # collective
+            return
         if self.strategy.is_primary:
             folder = self.run_dir / "checkpoints"
             save_checkpoint(folder / name, state)
             if also is not None:
                 link_checkpoint(folder / name, folder / also)
+            remove_unnamed_shards(folder)  # a sharded checkpoint this one replaced (a run resumed from fsdp)
         self.strategy.barrier()
 
     # --- signals -----------------------------------------------------------------------
@@ -690,7 +718,11 @@ class Trainer:
         best_path = self.run_dir / "checkpoints" / "best.pt"
         if self.test_loader is not None:
             if best_path.exists():
-                self.strategy.load_model_state_dict(self.model, load_checkpoint(best_path)["model"])
+                best = load_checkpoint(best_path, weights=False)
+                if best.get("sharded"):
+                    self.strategy.load_sharded_state(self.model, None, best["sharded"])
+                else:
+                    self.strategy.load_model_state_dict(self.model, best["model"])
             # the same on every rank (the collector's reduction is collective); only the primary keeps images
             collect = self.cfg.track.images and self.task.figures
             collector = self.task.collector(32 if primary and self.tracker is not None else 0) if collect else None

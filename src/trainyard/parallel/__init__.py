@@ -38,6 +38,7 @@ class Strategy:
         self.local_rank = 0
         self.world_size = 1
         self.device = torch.device("cpu")
+        self.checkpointed_blocks: list[str] = []  # parallel.activation_checkpointing: the blocks recomputed in backward
 
     # --- processes -------------------------------------------------------------------
     def launch(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -90,6 +91,10 @@ class Strategy:
     # --- model -----------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
         """Place (and wrap) the model for training."""
+        if self.cfg.parallel.activation_checkpointing:
+            from trainyard.parallel.activation import checkpoint_auto_blocks
+
+            self.checkpointed_blocks = checkpoint_auto_blocks(model, f"model.name={self.cfg.model.name}")
         return model.to(self.device)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
@@ -110,6 +115,18 @@ class Strategy:
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
+
+    def sharded_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """Collective: what a sharded checkpoint saves of the model and optimizer (each rank its part), or None
+        where this strategy writes whole checkpoints (``model_state_dict``)."""
+        return None
+
+    def load_sharded_state(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, folder: str) -> None:
+        """Collective: load a sharded checkpoint (written by any world size) into this process's model and
+        optimizer (None: the weights alone). Here the whole tensors: every process reads all of them."""
+        from trainyard.parallel.shards import load_shards
+
+        load_shards(self.unwrap(model), optimizer, folder)
 
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         """Clip gradients by their total norm over the whole model (a model split over processes adds up all parts)."""

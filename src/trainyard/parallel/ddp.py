@@ -162,6 +162,10 @@ class DistributedDataParallel(Strategy):
         model = model.to(self.device)
         if self.cfg.parallel.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.cfg.parallel.activation_checkpointing:
+            from trainyard.parallel.activation import checkpoint_auto_blocks
+
+            self.checkpointed_blocks = checkpoint_auto_blocks(model, f"model.name={self.cfg.model.name}")
         return DDP(
             model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -173,6 +177,14 @@ class DistributedDataParallel(Strategy):
 
     def no_sync(self, model: nn.Module) -> ContextManager:
         return model.no_sync()
+
+    def train_sampler(self, dataset, *, shuffle: bool, seed: int):
+        if len(dataset) < self.world_size:  # the sampler would pad with copies: some rank would train on another's samples only
+            raise ConfigError(
+                f"parallel.strategy={self.name}: the training split has {len(dataset)} sample{'s' if len(dataset) != 1 else ''}, "
+                f"fewer than the {self.world_size} processes (each needs one of its own); use fewer processes or more data"
+            )
+        return super().train_sampler(dataset, shuffle=shuffle, seed=seed)
 
     def _job_mark(self) -> str:
         run_id = self.env.run_id if self.env is not None else None

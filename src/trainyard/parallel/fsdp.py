@@ -4,14 +4,15 @@ Processes, samplers and collectives are ddp's (spawn, torchrun, SLURM). The mode
 ``torch.distributed.fsdp.fully_shard``, per block first, then the root: each rank keeps 1/N of every
 parameter as a DTensor shard, gathers a block's full weights just before that block computes and frees them
 after (``parallel.reshard_after_forward``), and reduce-scatters the gradients, so the optimizer steps on the
-shard alone. Which blocks: ``parallel.shard: auto`` (the blocks :func:`named_blocks` lists, else the layers
-of a ``ModuleList`` of like layers; those under 1% of the parameters stay with the root) or a list of
-module class names.
+shard alone. Which blocks (``trainyard.parallel.units``): ``parallel.shard: auto`` (the blocks
+:func:`named_blocks` lists, else the layers of a ``ModuleList`` of like layers; those under 1% of the
+parameters stay with the root) or a list of module class names.
 
-Checkpoints hold full tensors in the plain module's keys and the optimizer's own (index-keyed) format, the
-same file ``single`` and ``ddp`` write: gathered on rank 0, on the CPU. So a run moves between strategies and
-world sizes through the existing resume path. (Sharded ``torch.distributed.checkpoint`` files, where no rank
-holds the whole model, are not written yet.)
+Checkpoints are sharded (``torch.distributed.checkpoint``): every rank writes its own shards of the weights
+and of the optimizer's state into one folder, and no rank gathers the whole model (``engine/checkpoint.py``
+lays the folder out beside ``last.pt``, which keeps the loop's state). DCP reads them back at any world size:
+under fsdp each rank reads the pieces of its new shards; under ``single`` and ``ddp`` every process reads whole
+tensors. Whole checkpoints (``single``, ``ddp``) load here too: every rank reads the file and keeps its shard.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    get_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
@@ -36,9 +38,11 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import Dataset, Sampler
 
 from trainyard.errors import ConfigError
-from trainyard.parallel.blocks import named_blocks
+from trainyard.parallel.activation import checkpoint_blocks
 from trainyard.parallel.ddp import DistributedDataParallel
 from trainyard.parallel.launch import uses_cuda
+from trainyard.parallel.shards import load_shards
+from trainyard.parallel.units import check_shard_setting, shard_paths
 
 GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets full CPU tensors, the others {}
 FULL_IN = StateDictOptions(full_state_dict=True)  # every rank passes the whole state (each read the file); each keeps its shard
@@ -103,6 +107,9 @@ class FullyShardedDataParallel(DistributedDataParallel):
             if self.cfg.trainer.precision == "bf16"
             else MixedPrecisionPolicy()
         )
+        if p.activation_checkpointing:  # the blocks sharded, each recomputed inside its own all-gather
+            checkpoint_blocks(model, paths)
+            self.checkpointed_blocks = paths
         for path in paths:  # inner blocks first: each becomes one all-gather group; the root takes what is left
             fully_shard(modules[path], reshard_after_forward=p.reshard_after_forward, mp_policy=policy)
         fully_shard(model, reshard_after_forward=p.reshard_after_forward, mp_policy=policy)
@@ -152,6 +159,13 @@ class FullyShardedDataParallel(DistributedDataParallel):
         model = self._model_of(optimizer)
         set_optimizer_state_dict(model, optimizer, by_name(state, optimizer, model), options=FULL_IN)
 
+    def sharded_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        weights, moments = get_state_dict(model, optimizer)  # DTensor shards, keyed by the plain module's names
+        return {"model": weights, "optimizer": moments}
+
+    def load_sharded_state(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, folder: str) -> None:
+        load_shards(model, optimizer, folder)  # each rank reads the pieces of its own shards, whatever world size wrote them
+
     def _model_of(self, optimizer: torch.optim.Optimizer) -> nn.Module:
         model = self.model
         if model is None:
@@ -196,78 +210,6 @@ def _gradient_sync_off(model: nn.Module):
         yield
     finally:
         model.set_requires_gradient_sync(True)
-
-
-# --- which modules are sharded ---------------------------------------------------------
-
-
-def check_shard_setting(shard: Any) -> None:
-    if shard == "auto":
-        return
-    if not isinstance(shard, list) or not shard or not all(isinstance(n, str) and n for n in shard):
-        raise ConfigError(f"parallel.shard={shard}: expected auto or a list of module class names, e.g. [TransformerEncoderLayer]")
-
-
-def shard_paths(model: nn.Module, shard: Any, where: str) -> list[str]:
-    """Paths (``named_modules`` names) of the modules to shard on their own before the root, innermost first."""
-    check_shard_setting(shard)
-    modules = dict(model.named_modules())
-    if shard == "auto":
-        # a block under 1% of the parameters (a stem conv, a norm) is not worth its own all-gather: it stays with the root
-        total = max(sum(q.numel() for q in model.parameters()), 1)
-        candidates = [path for path in auto_blocks(model) if sum(q.numel() for q in modules[path].parameters()) >= 0.01 * total]
-    else:
-        have = sorted({type(m).__name__ for m in modules.values()})
-        missing = [n for n in shard if n not in have]
-        if missing:
-            raise ConfigError(
-                f"parallel.shard={shard}: {type(model).__name__} has no module of class {', '.join(missing)}; "
-                f"its classes: {', '.join(have)}"
-            )
-        candidates = [path for path, m in modules.items() if path and type(m).__name__ in shard]
-    owners = _parameter_owners(model)
-    paths = []
-    for path in candidates:
-        module = modules[path]
-        if not any(True for _ in module.parameters()):
-            continue  # nothing to shard (ReLU, pooling)
-        if any(
-            owners[id(q)] - {path} and not all(o == path or o.startswith(path + ".") for o in owners[id(q)]) for q in module.parameters()
-        ):
-            continue  # a weight shared with a module outside (tied embeddings): it stays with the root
-        paths.append(path)
-    # innermost first, so a class list naming both a block and its parent shards the inner one first
-    return sorted(paths, key=lambda p: -p.count(".") if p else 1)
-
-
-def auto_blocks(model: nn.Module) -> list[str]:
-    """The blocks trainyard knows in the model: pipeline_blocks(), an nn.Sequential's children, a ResNet's
-    stages; else every layer of the largest ModuleList of like layers (transformer layers); else none."""
-    modules = dict(model.named_modules())
-    by_id = {id(m): path for path, m in modules.items()}
-    try:
-        blocks = named_blocks(model, "parallel.shard=auto")
-    except ConfigError:
-        blocks = []
-    paths = [by_id[id(b)] for _, b in blocks if id(b) in by_id and by_id[id(b)]]
-    if paths:
-        return paths
-    stacks = [
-        (path, list(m)) for path, m in modules.items() if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(x) for x in m}) == 1
-    ]
-    if not stacks:
-        return []
-    path, layers = max(stacks, key=lambda s: sum(q.numel() for x in s[1] for q in x.parameters()))
-    return [f"{path}.{i}" if path else str(i) for i in range(len(layers))]
-
-
-def _parameter_owners(model: nn.Module) -> dict[int, set[str]]:
-    """For every parameter, the paths of the modules that hold it directly (more than one when tied)."""
-    owners: dict[int, set[str]] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        for q in module.parameters(recurse=False):
-            owners.setdefault(id(q), set()).add(path)
-    return owners
 
 
 # --- evaluation shards -----------------------------------------------------------------
