@@ -8,7 +8,10 @@ then the root), AdamW, two steps on random data. Per rank, after the steps: the 
 rank keeps between steps (its parameter shards, their gradients, AdamW's exp_avg/exp_avg_sq/step), counted
 from the local tensors (``DTensor.to_local()`` under fsdp), and the peak resident memory of the process
 (ru_maxrss; on CUDA also torch.cuda.max_memory_allocated). Ends with RESULT lines; fsdp_state_bytes_ratio
-(fsdp / ddp, per rank) is expected near 1 / processes = 0.5.
+(fsdp / ddp, per rank) is expected near 1 / processes = 0.5. Then the checkpoint each writes: every fsdp rank
+its own shards (``torch.distributed.checkpoint``), against ddp's whole file written by rank 0, with the bytes
+each rank wrote, the seconds, and how far the save pushed the rank's peak RSS (a gathered copy would add the
+whole state on rank 0; fsdp_checkpoint_bytes_per_rank_ratio is expected near 0.5).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import resource
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +43,7 @@ def local_bytes(t: torch.Tensor | None) -> int:
 def rank_main(rank: int, world: int, port: int, strategy_name: str, width: int, layers: int, device: str, out: str) -> None:
     from trainyard.config import load_config
     from trainyard.parallel import build_strategy
+    from trainyard.parallel.shards import save_shards
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dev = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
@@ -65,13 +70,41 @@ def rank_main(rank: int, world: int, port: int, strategy_name: str, width: int, 
         state = sum(local_bytes(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
         peak_dev = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
-        row = torch.tensor([params, grads, state, peak_rss, peak_dev, total], dtype=torch.float64)
+        # the checkpoint trainyard writes: sharded under fsdp (every rank its part); then, to compare, the whole
+        # checkpoint gathered on rank 0 (what fsdp wrote before its checkpoints were sharded, and what ddp writes)
+        folder = Path(out).parent / f"checkpoint-{strategy_name}"
+        measured = []
+        shards = strategy.sharded_state(model, optimizer)
+        if shards is not None:
+            dist.barrier()
+            start = time.perf_counter()
+            save_shards(shards, folder)
+            dist.barrier()
+            measured += [(folder / f"__{rank}_0.distcp").stat().st_size, time.perf_counter() - start, _rss()]
+            del shards
+        else:
+            measured += [0, 0, peak_rss]
+        dist.barrier()
+        start = time.perf_counter()
+        gathered = {"model": strategy.model_state_dict(model), "optimizer": strategy.optimizer_state_dict(optimizer)}  # collective
+        written = 0
+        if rank == 0:
+            torch.save(gathered, folder.with_suffix(".pt"))
+            written = folder.with_suffix(".pt").stat().st_size
+        del gathered
+        dist.barrier()
+        measured += [written, time.perf_counter() - start, _rss()]
+        row = torch.tensor([params, grads, state, peak_rss, peak_dev, total, *measured], dtype=torch.float64)
         rows = [torch.zeros_like(row) for _ in range(world)]
         dist.all_gather_object(rows, row)
         if rank == 0:
             torch.save(rows, out)
     finally:
         dist.destroy_process_group()
+
+
+def _rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak so far, kilobytes on Linux
 
 
 def free_port() -> int:
@@ -118,6 +151,24 @@ def main() -> None:
     print(f"RESULT fsdp_state_bytes_ratio {ratio:.3f}")
     rss = {name: max(float(r[3]) for r in rows) for name, rows in results.items()}
     print(f"RESULT fsdp_peak_rss_ratio {rss['fsdp'] / rss['ddp']:.3f}")
+    print("| strategy | checkpoint | rank | bytes written MiB | save s | peak RSS growth while saving MiB |")
+    print("|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        for rank, r in enumerate(rows):
+            r = [float(v) for v in r]
+            if name == "fsdp":
+                print(f"| fsdp | sharded (DCP), every rank its part | {rank} | {r[6] / mib:.1f} | {r[7]:.2f} | {(r[8] - r[3]) / mib:.0f} |")
+                kind = "whole, gathered on rank 0 (for comparison)"
+            else:
+                kind = "whole, written by rank 0"
+            print(f"| {name} | {kind} | {rank} | {r[9] / mib:.1f} | {r[10]:.2f} | {(r[11] - max(r[8], r[3])) / mib:.0f} |")
+    sharded = max(float(r[6]) for r in results["fsdp"])
+    whole = max(float(r[9]) for r in results["ddp"])
+    print(f"RESULT fsdp_checkpoint_bytes_per_rank_ratio {sharded / whole:.3f}")
+    growth = [(float(r[8]) - float(r[3])) / mib for r in results["fsdp"]]
+    gathered = (float(results["fsdp"][0][11]) - float(results["fsdp"][0][8])) / mib
+    print(f"RESULT fsdp_sharded_save_rss_growth_mib {max(growth):.0f}")
+    print(f"RESULT fsdp_gathered_save_rank0_rss_growth_mib {gathered:.0f}")
 
 
 if __name__ == "__main__":
