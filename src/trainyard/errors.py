@@ -86,15 +86,20 @@ class Pruned(TrainyardError):
     run_status = "pruned"
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """SIGINT or SIGTERM stopped the run (exit 128 + the signal's number). ``detail`` says what was kept and what to
-    run next; by default: last.pt saved, resume with ``--resume``."""
+    run next; by default: last.pt saved, resume with ``--resume``.
+
+    A BaseException, as KeyboardInterrupt is: the signal handler raises it wherever the run happens to be, and an
+    ``except Exception`` there (a compile fallback, an optional graph trace, a user's import) must not swallow it."""
 
     def __init__(self, signum: int, run_dir: Path | str | None, detail: str | None = None):
         self.signum = signum
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.detail = detail
-        if detail is None:
+        if detail is None and self.run_dir is None:
+            detail = "stopped before a run folder was made; nothing was saved"
+        elif detail is None:
             detail = f"saved {self.run_dir / 'checkpoints' / 'last.pt'}; resume with: trainyard train --resume {self.run_dir}"
         super().__init__(f"{signal.Signals(signum).name}: {detail}")
         self.exit_code = 128 + signum

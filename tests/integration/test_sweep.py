@@ -277,7 +277,8 @@ def test_ctrl_c_stops_every_worker_and_the_same_command_continues(tmp_path):
     out, err = job.communicate(timeout=150)
     assert job.returncode == 130, err[-3000:]
     assert "resume with: trainyard sweep --resume" in err
-    assert "interrupted" in {t["status"] for t in Sweep.load(root / "c").trials}
+    trials = Sweep.load(root / "c").trials
+    assert "interrupted" in {t["status"] for t in trials}, (trials, out[-3000:], err[-3000:])
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed" in again.stdout
