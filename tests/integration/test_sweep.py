@@ -263,6 +263,29 @@ def test_a_trial_that_died_before_its_first_checkpoint_starts_again_in_a_new_fol
     assert sorted(r[0] for r in rows) == ["trial-000-2", "trial-001"]
 
 
+@pytest.mark.timeout(200)
+def test_a_stop_outside_the_run_itself_queues_the_trial_again(tmp_path, monkeypatch):
+    """Ctrl-C while a claimed trial's config loads, before train() takes the signals over: the trial is queued
+    again, not left running with its claim gone (where no later command would look for it)."""
+    import trainyard.config
+    from trainyard.runs.sweep import Sweep
+
+    root = tmp_path / "runs"
+    sweep = Sweep.create(None, [f"track.root={root}", *FAST, "trainer.epochs=1", "optim.lr=0.01,0.003"], None, 0, "q")
+    real = trainyard.config.load_config
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainyard.config, "load_config", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(log=lambda line: None)
+    monkeypatch.setattr(trainyard.config, "load_config", real)
+    assert [t["status"] for t in sweep.trials] == ["interrupted", "pending"]
+    assert sweep.run(log=lambda line: None)
+    assert [(t["name"], t["status"]) for t in sweep.trials] == [("trial-000", "finished"), ("trial-001", "finished")]
+
+
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_every_worker_and_the_same_command_continues(tmp_path):
     from trainyard.runs.sweep import Sweep

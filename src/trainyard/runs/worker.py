@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainyard.errors import TrainyardError
+from trainyard.errors import Interrupted, TrainyardError
 from trainyard.runs.space import distributions, overrides_of
 from trainyard.runs.study import Heartbeat, claim, fail_and_retry, reclaim_dead, running_elsewhere
 
@@ -73,7 +73,7 @@ def run_trial(study: Any, spec: dict, folder: Path, config: str | None, trial: A
 
     from trainyard.config import load_config
     from trainyard.engine.run import UserParts, train
-    from trainyard.errors import Interrupted, Pruned
+    from trainyard.errors import Pruned
     from trainyard.runs.prune import PruneCallback, PruneSetupError
     from trainyard.track.rundir import read_status
 
@@ -154,6 +154,11 @@ def work(study: Any, spec: dict, folder: Path, config: str | None, log=say) -> b
         trial, lock = got
         try:
             outcome = run_trial(study, spec, folder, config, trial, log)
+        except BaseException:
+            # stopped outside the run itself (Ctrl-C while the trial's config loads or as the study is told):
+            # queued again, not left running with its claim gone, where no later command would look for it
+            fail_and_retry(study, trial._trial_id)
+            raise
         finally:
             lock.release()
         if outcome == "interrupted":
@@ -176,7 +181,7 @@ def worker_main(open_args: dict, config: str | None, index: int, threads: int, g
     except TrainyardError as exc:
         errors.put(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         sys.exit(130)
     sys.exit(0 if done else 130)
 
