@@ -124,10 +124,14 @@ def train(cfg: RunConfig, resume: str | Path | None = None, parts: UserParts | N
     from trainyard.data.loading import check_loader_config
     from trainyard.engine.compile import check_compile
     from trainyard.parallel import build_strategy
+    from trainyard.parallel.launch import launcher_env
     from trainyard.track import check_backends
+    from trainyard.track.rundir import check_free
 
     if resume is not None:
         check_resume_config(Path(resume), cfg)
+        if launcher_env() is None:  # the process that starts the ranks: a folder in use is refused before any starts
+            check_free(resume)
     check_backends(cfg.track.backends)
     check_loader_config(cfg.loader)
     check_compile(cfg)

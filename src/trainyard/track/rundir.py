@@ -192,3 +192,9 @@ def _read_holder(fd: int) -> str:
 def lock_run_dir(run_dir: Path | str) -> RunLock:
     """Take ``run_dir``'s writer lock (see :class:`RunLock`)."""
     return RunLock(run_dir).acquire()
+
+
+def check_free(run_dir: Path | str) -> None:
+    """Refuse now, with the lock's one line, a run folder another process writes in. The rank that trains takes
+    the lock again for itself; this only spares starting the processes of a run that would be refused."""
+    RunLock(run_dir).acquire().release()
