@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,12 +122,22 @@ def test_a_refused_resume_leaves_the_live_run_to_end_by_sigterm_as_usual(tmp_pat
     assert not (run_dir / ".lock").exists()
 
 
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory) -> Path:
+    """One finished run; each test damages a copy of it."""
+    root = tmp_path_factory.mktemp("done") / "runs"
+    first = run_cli(
+        "train", f"track.root={root}", "trainer.epochs=2", "trainer.log_every=5", "model.width=8", "trainer.progress=false", "name=done"
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    return root / "done"
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("damage", ["garbage", "missing"])
-def test_a_resume_that_cannot_load_its_checkpoint_leaves_the_record_byte_identical(tmp_path, tiny, damage):
+def test_a_resume_that_cannot_load_its_checkpoint_leaves_the_record_byte_identical(tmp_path, done_run, damage):
     run_dir = tmp_path / "runs" / "done"
-    first = run_cli("train", *tiny, "name=done", timeout=240)
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(done_run, run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if damage == "garbage":
         last.write_bytes(b"\x00not a checkpoint\xff" * 64)

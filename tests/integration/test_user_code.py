@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -381,29 +380,30 @@ BAD_INPUTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """Every bad input through `python -m trainyard train`, two at a time (each is mostly torch's import)."""
-    base = tmp_path_factory.mktemp("bad")
+def bad_run(case: str, base: Path, capsys, monkeypatch) -> tuple[int, str, str, Path]:
+    """One bad input through the CLI: ``module_does_not_import`` in a fresh ``python -m trainyard`` (an import
+    that fails in a real interpreter), the others through ``main()`` in this process (each a process would be
+    mostly torch's import). Returns (exit code, stderr, stdout, the run root)."""
+    overrides, _ = BAD_INPUTS[case]
+    root = base / case
     (base / "broken_net.py").write_text(BROKEN_MODULE, encoding="utf-8")
-
-    def one(case: str):
-        overrides, _ = BAD_INPUTS[case]
-        root = base / case
+    args = ["train", *BASE, f"track.root={root}", *overrides]
+    if case == "module_does_not_import":
         env = {**ENV, "PYTHONPATH": os.pathsep.join([ENV["PYTHONPATH"], str(base)])}
-        return run_cli("train", *BASE, f"track.root={root}", *overrides, timeout=120, env=env), root
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(BAD_INPUTS, pool.map(one, BAD_INPUTS)))
+        result = run_cli(*args, timeout=120, env=env)
+        return result.returncode, result.stderr, result.stdout, root
+    monkeypatch.syspath_prepend(str(base))
+    code = main([*args, "trainer.keep_host_memory=false"])
+    out = capsys.readouterr()
+    return code, out.err, out.out, root
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_user_input_is_one_line_exit_2_and_writes_nothing(bad_runs, case):
-    result, root = bad_runs[case]
+def test_bad_user_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    code, err, out, root = bad_run(case, tmp_path, capsys, monkeypatch)
     _, expected = BAD_INPUTS[case]
-    err = result.stderr
-    assert result.returncode == 2, f"exit {result.returncode}\n{err[-3000:]}"
-    assert "Traceback" not in err and "Traceback" not in result.stdout
+    assert code == 2, f"exit {code}\n{err[-3000:]}"
+    assert "Traceback" not in err and "Traceback" not in out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("trainyard: error: "), err
     for part in expected:
