@@ -112,6 +112,8 @@ if [ "$GPUS" -gt 1 ]; then
       trainer.epochs=2 trainer.compile=true trainer.progress=false 2>&1 | grep -E "compile|^epoch|test accuracy"
   done
 fi
+echo "== batched in-memory loader on cuda against the naive raw loop (target >= 1.3; the CPU CNN misses it, RESULTS.md)"
+$PY benchmarks/overhead.py --sides batched --device cuda --repeats 3 | grep -E "RESULT|ratio"
 echo "== MNIST time to 99% (the trainyard side on cuda, the plain script as published, on the CPU)"
 if [ -d ../shared/data/MNIST ]; then
   $PY benchmarks/time_to_accuracy.py --repeats 1 | grep -E "RESULT|run 0"
