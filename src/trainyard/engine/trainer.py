@@ -259,6 +259,8 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "monitor": self.monitor,
             "rng": rng_state(),
+            # every process's own stream (dropout, augmentation): rank 0's alone would give each rank its draws
+            "rng_per_process": self.strategy.gather_object(rng_state()),
             "config": to_dict(self.cfg),
             "data_info": info_record(self.data.info),  # what trainyard.load() rebuilds the model from
         }
@@ -279,7 +281,11 @@ class Trainer:
         if moved and self.is_primary:
             print(f"trainyard: {moved}", flush=True)
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
-        set_rng_state(state["rng"])
+        streams = state.get("rng_per_process") or [state["rng"]]
+        if len(streams) == self.strategy.processes:
+            set_rng_state(streams[self.strategy.process_index])
+        elif self.strategy.is_primary:
+            set_rng_state(state["rng"])  # another process count: the others keep the per-rank seeds of this start
         self._first_batch_logged = True
         self.callbacks.call("on_checkpoint_load", self, state)
 

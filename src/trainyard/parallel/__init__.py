@@ -70,6 +70,23 @@ class Strategy:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order, on every process (collective; ``[obj]`` without a process group)."""
+        import torch.distributed as dist
+
+        if self.processes == 1:
+            return [obj]
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
+    @property
+    def process_index(self) -> int:
+        """This process's place in the process group (0 without one)."""
+        import torch.distributed as dist
+
+        return dist.get_rank() if self.processes > 1 else 0
+
     @property
     def processes(self) -> int:
         """Processes in this run's process group (ddp ranks, pipeline stages), 1 without one. Not world_size:

@@ -342,6 +342,34 @@ def test_a_restart_resumes_only_a_folder_its_own_job_wrote(tmp_path):
     assert strategy.resume_dir() == str(run)
 
 
+@pytest.mark.timeout(300)
+def test_each_rank_resumes_its_own_random_stream(tmp_path):
+    """Dropout draws on both ranks: a run stopped mid-epoch after step 6 and resumed ends with the weights of the
+    run never stopped. last.pt holds every rank's RNG state; with rank 0's alone, rank 1 would draw rank 0's
+    masks after the resume (and both ranks the same ones)."""
+    job = [
+        "parallel.strategy=ddp",
+        "parallel.devices=2",
+        "loader.batch_size=16",
+        "model.dropout=0.5",
+        "trainer.epochs=1",
+        "trainer.max_steps=12",
+        "trainer.log_every=1",
+        "track.backends=[]",
+    ]
+    finished(train(f"track.root={tmp_path / 'full'}", *job))
+    stopped = train(f"track.root={tmp_path / 'cut'}", *job, "callbacks=[stop_at:StopAt]")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    cut = only_run(tmp_path / "cut")
+    state = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and len(state["rng_per_process"]) == 2
+    assert not torch.equal(state["rng_per_process"][0]["torch"], state["rng_per_process"][1]["torch"])
+    finished(train(*job, resume=cut))
+    full = weights(only_run(tmp_path / "full"))
+    for name, value in weights(cut).items():
+        torch.testing.assert_close(value, full[name], rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.mark.timeout(240)
 def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path):
     """Ctrl-C reaches every process of the group, each at its own step: the ranks agree where to stop
