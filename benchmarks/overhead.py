@@ -24,13 +24,14 @@ dataset loading and imports are outside the timing on both sides.
 
 Ends with ``RESULT overhead_ratio_mlp`` and ``RESULT overhead_ratio_cnn`` (trainyard / raw throughput), and where
 ``lightning`` is installed, a third side (``run_lightning``, each run in a process of its own) and
-``RESULT lightning_ratio_*`` (Lightning / raw). For these, trainyard runs with ``loader.batched=false``: the same
-DataLoader as the raw loop, so the ratio is the framework's cost alone.
+``RESULT lightning_ratio_*`` (Lightning / raw). For these, trainyard runs with ``loader.batched=false`` and
+``trainer.channels_last=false``: the same DataLoader and layout as the raw loop, so the ratio is the framework's cost alone.
 
 ``--sides batched`` (issue 20) times what a user gets against the loop a user would write: the naive raw loop
 (``run_naive_raw``: a DataLoader over a ``TensorDataset`` with the default collate, ``__getitem__`` per sample)
-against trainyard as it runs by default on in-memory tensors (the batched loader, ``loader.batched=auto``), in
-the same order, alternating: ``RESULT batched_vs_naive_raw_mlp`` and ``..._cnn`` (trainyard / naive raw throughput).
+against trainyard as it runs by default on in-memory tensors (the batched loader, ``loader.batched=auto``, and the
+CNN in channels_last), in the same order, alternating: ``RESULT batched_vs_naive_raw_mlp`` and ``..._cnn``
+(trainyard / naive raw throughput).
 
     python benchmarks/overhead.py --sides batched [--repeats 5]
 
@@ -110,12 +111,13 @@ WORKLOADS = {
 }
 
 
-def make_config(workload: str, root: str, device: str, precision: str, name: str, batched: str = "false"):
+def make_config(workload: str, root: str, device: str, precision: str, name: str, batched: str = "false", channels_last: str = "false"):
     return load_config(
         None,
         WORKLOADS[workload]
         + [
             f"loader.batched={batched}",
+            f"trainer.channels_last={channels_last}",
             f"track.root={root}",
             f"name={name}",
             "data.val_fraction=0",
@@ -422,7 +424,7 @@ def batched_side(workload: str, args, root: str) -> float:
     trained the same weights), then ``--repeats`` alternating pairs. Returns trainyard / naive, medians."""
 
     def config(name: str, batched: str):
-        return make_config(workload, root, args.device, args.precision, f"{workload}-{name}", batched=batched)
+        return make_config(workload, root, args.device, args.precision, f"{workload}-{name}", batched=batched, channels_last="true")
 
     _, naive_weights = run_naive_raw(config("warm-naive", "false"))
     _, our_weights = run_trainyard(config("warm-batched", "true"))
@@ -445,7 +447,7 @@ def compile_side(workload: str, args, root: str) -> float:
     alternating pairs (each compiled run compiles its own model). Returns compiled / eager, medians."""
 
     def config(name: str, compiled: bool):
-        cfg = make_config(workload, root, args.device, args.precision, f"{workload}-{name}", batched="auto")
+        cfg = make_config(workload, root, args.device, args.precision, f"{workload}-{name}", batched="auto", channels_last="true")
         cfg.trainer.compile = compiled
         return cfg
 

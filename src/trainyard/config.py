@@ -193,8 +193,12 @@ class TrainerConfig:
     )
     cuda_defaults: bool = opt(
         True,
-        "on CUDA: TF32 matmuls and convolutions and cudnn.benchmark (both off under trainer.deterministic), channels_last for "
-        "models with 2-d convolutions (single, dp, ddp); false: PyTorch's defaults",
+        "on CUDA: TF32 matmuls and convolutions and cudnn.benchmark (both off under trainer.deterministic); false: PyTorch's defaults",
+    )
+    channels_last: bool = opt(
+        True,
+        "models with 2-d convolutions train in channels_last memory format (NHWC, what cuDNN's tensor cores and oneDNN's CPU "
+        "kernels read fastest), on CUDA and CPU, under single, dp and ddp; false: PyTorch's default layout",
     )
     progress: Union[bool, Literal["auto"]] = opt("auto", "progress bar; auto: only when output is a terminal")
     progress_every_s: float = opt(

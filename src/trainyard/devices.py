@@ -84,5 +84,6 @@ def cuda_speedups(device: torch.device, *, enabled: bool, deterministic: bool) -
 
 
 def wants_channels_last(model: torch.nn.Module, device: torch.device, *, enabled: bool) -> bool:
-    """Whether to train in channels_last: on CUDA, for a model with 2-d convolutions (tensor cores read NHWC)."""
-    return enabled and device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    """Whether to train in channels_last: on CUDA and CPU, for a model with 2-d convolutions (tensor cores and
+    oneDNN's convolutions read NHWC; other layouts are converted on every call)."""
+    return enabled and device.type in ("cuda", "cpu") and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())

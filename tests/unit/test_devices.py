@@ -64,10 +64,11 @@ def test_a_matmul_precision_the_user_chose_is_kept():
     assert torch.get_float32_matmul_precision() == "medium"
 
 
-def test_channels_last_for_convolutional_models_on_cuda():
+def test_channels_last_for_convolutional_models_on_cuda_and_cpu():
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     assert wants_channels_last(conv, CUDA, enabled=True)
+    assert wants_channels_last(conv, torch.device("cpu"), enabled=True)  # oneDNN's convolutions read NHWC too
     assert not wants_channels_last(conv, CUDA, enabled=False)
-    assert not wants_channels_last(conv, torch.device("cpu"), enabled=True)
+    assert not wants_channels_last(conv, torch.device("meta"), enabled=True)
     assert not wants_channels_last(mlp, CUDA, enabled=True)

@@ -85,6 +85,7 @@ RESUMABLE = (
     "trainer.compile",
     "trainer.cpu_threads",
     "trainer.cuda_defaults",
+    "trainer.channels_last",
     "loader.num_workers",
     "loader.pin_memory",
     "loader.persistent_workers",

@@ -94,8 +94,8 @@ class Trainer:
         self.task = task if task is not None else build_task(cfg, data.info)
         self.callbacks = Callbacks([*build_callbacks(cfg.callbacks, callbacks), RankMemory()])  # RankMemory: per_rank in status.json
         self.speed_notes: list[str] = []  # what the start line names: threads, workers, compile, CUDA settings
-        convnet_on_cuda = wants_channels_last(model, strategy.device, enabled=t.cuda_defaults)
-        self.channels_last = convnet_on_cuda and strategy.name in ("single", "dp", "ddp")  # fsdp shards dim 0 of each parameter
+        convnet = wants_channels_last(model, strategy.device, enabled=t.channels_last)
+        self.channels_last = convnet and strategy.name in ("single", "dp", "ddp")  # fsdp shards dim 0 of each parameter
         if self.channels_last:  # before wrapping: DDP's buckets and dp's replicas take the parameters' layout
             model = model.to(memory_format=torch.channels_last)
         self.model = strategy.wrap(model)

@@ -196,6 +196,20 @@ def test_event_checksums_are_tensorboards():
         assert masked_crc32c(data) == reference(data), n
 
 
+def test_a_cnn_trains_in_channels_last_on_cpu_and_false_keeps_the_default_layout(tmp_path, capsys):
+    """The default CNN on CPU: NHWC, said in the start line, weights equal to the contiguous run's up to rounding."""
+    short = ["trainer.epochs=1", "trainer.max_steps=5", "track.backends=[]"]
+    train(config(tmp_path, "name=nhwc", *short))
+    nhwc = next(line for line in capsys.readouterr().out.splitlines() if "training samples" in line)
+    train(config(tmp_path, "name=plain", *short, "trainer.channels_last=false"))
+    plain = next(line for line in capsys.readouterr().out.splitlines() if "training samples" in line)
+    assert "channels_last" in nhwc and "channels_last" not in plain, (nhwc, plain)
+    a, b = weights(tmp_path / "runs" / "nhwc"), weights(tmp_path / "runs" / "plain")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
     train(config(tmp_path, "name=keep", "trainer.epochs=1"))
     before = (tmp_path / "runs" / "keep" / "checkpoints" / "last.pt").read_bytes()
