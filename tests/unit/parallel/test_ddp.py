@@ -142,22 +142,6 @@ def test_checkpoint_moves_between_ddp_and_single(pair):
 
 
 @pytest.mark.timeout(180)
-def test_torchrun_two_processes(tmp_path, port):
-    job = torchrun(
-        ["--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"],
-        f"track.root={tmp_path}",
-        "parallel.strategy=ddp",
-        "trainer.epochs=1",
-        "trainer.max_steps=6",
-    )
-    out = job.communicate(timeout=170)
-    assert job.returncode == 0, out
-    run = only_run(tmp_path)
-    assert status(run)["status"] == "finished"
-    assert "ddp, 2 processes on cpu (gloo, torchrun" in status(run)["strategy"]
-
-
-@pytest.mark.timeout(180)
 def test_torchrun_two_nodes_on_one_host(tmp_path, port):
     nodes = [
         torchrun(
@@ -179,6 +163,7 @@ def test_torchrun_two_nodes_on_one_host(tmp_path, port):
 
 @pytest.mark.timeout(240)
 def test_torchrun_restarts_from_last_checkpoint_after_a_rank_is_killed(tmp_path, port):
+    """torchrun --nproc_per_node=2 (c10d rendezvous): a rank killed in epoch 2, the job restarted once, resumed."""
     runs = tmp_path / "runs"
     fault = {"FAULT": "kill", "FAULT_WHEN": str(runs / "*" / "checkpoints" / "last.pt"), "FAULT_ONCE": str(tmp_path / "killed")}
     job = torchrun(
