@@ -107,3 +107,25 @@ def interrupt_run(args: list[str], run_dir: Path, *, env: dict | None = None, li
     assert "resume with: trainyard train --resume" in err
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
     return err
+
+
+# The longest files first (each is one pytest-xdist work unit under --dist loadfile): started last, one of them
+# would leave the other workers idle while it finishes.
+LONGEST_FIRST = (
+    "unit/parallel/test_fsdp.py",
+    "unit/parallel/test_ddp.py",
+    "integration/test_run_faults.py",
+    "integration/test_sweep.py",
+    "integration/test_run_folder.py",
+    "integration/test_user_code.py",
+    "unit/parallel/test_pipeline.py",
+    "integration/test_sweep_postgres.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the tests of a file keep their order

@@ -259,7 +259,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "monitor": self.monitor,
             "rng": rng_state(),
-            # every process's own stream (dropout, augmentation): rank 0's alone would give each rank its draws
+            # every process's own stream (dropout, augmentation): with rank 0's alone, every rank would draw its numbers
             "rng_per_process": self.strategy.gather_object(rng_state()),
             "config": to_dict(self.cfg),
             "data_info": info_record(self.data.info),  # what trainyard.load() rebuilds the model from
