@@ -51,6 +51,14 @@ def move(batch, device: torch.device):
     return batch
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 # torch's own choice at start-up (the physical cores): hyperthreads counted as cores would slow the kernels down
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
 

@@ -86,6 +86,7 @@ def sweep(args: argparse.Namespace) -> int:
     from trainyard.runs.sweep import Sweep
     from trainyard.runs.table import format_table
 
+    # devices.cpu_count, written out: importing it imports torch, and this check comes before anything heavy
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if not 1 <= args.workers <= cpus:
         raise ConfigError(f"--workers {args.workers}: this machine has {cpus} CPU{'s' if cpus > 1 else ''}; give 1 to {cpus}")

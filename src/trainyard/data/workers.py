@@ -12,16 +12,10 @@ import time
 from pathlib import Path
 
 from trainyard.config import RunConfig, to_dict
+from trainyard.devices import cpu_count  # also imported from here by tools/ and the doctor
 from trainyard.files import atomic_write
 
 DATA_BOUND = 0.30  # waiting for data more than this share of the time: the run is data-bound
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def heuristic_num_workers() -> int:

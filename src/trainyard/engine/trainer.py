@@ -214,7 +214,7 @@ class Trainer:
 
     def _choose_threads(self) -> None:
         """CPU threads and loader workers together (trainer.cpu_threads), and the CUDA settings, named for the start line."""
-        from trainyard.data.workers import cpu_count
+        from trainyard.devices import cpu_count
 
         t = self.cfg.trainer
         workers = getattr(self.train_loader, "num_workers", 0)  # the batched loader has none

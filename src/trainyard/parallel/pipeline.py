@@ -84,8 +84,9 @@ class PipelineParallel(Strategy):
         self.stage, self._port = stage, port
         os.environ.update(RANK=str(stage), LOCAL_RANK=str(stage), WORLD_SIZE=str(nprocs))
         if "OMP_NUM_THREADS" not in os.environ:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // nprocs))
+            from trainyard.devices import cpu_count
+
+            torch.set_num_threads(max(1, cpu_count() // nprocs))
 
     def setup(self) -> None:
         self.device = self.devices[self.stage]

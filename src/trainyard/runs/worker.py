@@ -191,7 +191,9 @@ def run_workers(open_args: dict, config: str | None, workers: int, log=say) -> b
     True when the study has nothing left; False when interrupted."""
     import multiprocessing as mp
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from trainyard.devices import cpu_count
+
+    cpus = cpu_count()
     gpus = _gpu_count()
     threads = max(1, cpus // workers)
     ctx = mp.get_context("spawn")
