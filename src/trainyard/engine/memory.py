@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -29,7 +28,7 @@ def local_parameters(model: torch.nn.Module) -> int:
 
 
 class RankMemory:
-    """Collective at the first optimizer step of this process (every rank gets there): one all-reduce."""
+    """Collective at the first optimizer step of this process (every rank gets there): one all-gather."""
 
     def __init__(self) -> None:
         self.done = False
@@ -40,17 +39,10 @@ class RankMemory:
         self.done = True
         strategy = trainer.strategy
         peak, source = peak_memory(strategy.device)
-        processes = strategy.processes
-        me = dist.get_rank() if processes > 1 else 0
-        values = [0] * (2 * processes)  # every rank's parameters, then every rank's peak
-        values[me], values[processes + me] = local_parameters(trainer.model), peak
-        if processes > 1:
-            row = torch.tensor(values, dtype=torch.float64, device=strategy.device if strategy.device.type == "cuda" else "cpu")
-            dist.all_reduce(row)
-            values = row.tolist()  # sync point: once per process, after its first step
+        held_by_rank = strategy.gather_object((local_parameters(trainer.model), peak))  # sync point: once per process
         if not strategy.is_primary:
             return
-        parameters, peaks = [int(v) for v in values[:processes]], [int(v) for v in values[processes:]]
+        parameters, peaks = [p for p, _ in held_by_rank], [m for _, m in held_by_rank]
         record = {"after_step": step, "parameters": parameters, "peak_memory_bytes": peaks, "peak_memory": source}
         mib = ", ".join(f"{p / 2**20:.0f}" for p in peaks)
         held = ", ".join(f"{p:,}" for p in parameters)

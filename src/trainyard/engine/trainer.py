@@ -243,6 +243,7 @@ class Trainer:
         """Collective: every rank calls it (a strategy may gather shards); only the primary's copy is complete.
         Callbacks' ``on_checkpoint_save`` may add entries of their own."""
         shards = self.strategy.sharded_state(self.model, self.optimizer)  # fsdp: each rank's part, saved by every rank
+        rng = rng_state()
         state = {
             **(
                 {"shards": shards}
@@ -258,9 +259,9 @@ class Trainer:
             "best": self.best,
             "bad_epochs": self.bad_epochs,
             "monitor": self.monitor,
-            "rng": rng_state(),
+            "rng": rng,
             # every process's own stream (dropout, augmentation): with rank 0's alone, every rank would draw its numbers
-            "rng_per_process": self.strategy.gather_object(rng_state()),
+            "rng_per_process": self.strategy.gather_object(rng),
             "config": to_dict(self.cfg),
             "data_info": info_record(self.data.info),  # what trainyard.load() rebuilds the model from
         }

@@ -108,11 +108,15 @@ class Strategy:
     # --- model -----------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
         """Place (and wrap) the model for training."""
+        self._checkpoint_activations(model)
+        return model.to(self.device)
+
+    def _checkpoint_activations(self, model: nn.Module) -> None:
+        """parallel.activation_checkpointing: the auto blocks recompute in backward (on the plain module, before any wrapper)."""
         if self.cfg.parallel.activation_checkpointing:
             from trainyard.parallel.activation import checkpoint_auto_blocks
 
             self.checkpointed_blocks = checkpoint_auto_blocks(model, f"model.name={self.cfg.model.name}")
-        return model.to(self.device)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The plain module whose state_dict goes into checkpoints."""

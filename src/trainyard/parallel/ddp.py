@@ -162,10 +162,7 @@ class DistributedDataParallel(Strategy):
         model = model.to(self.device)
         if self.cfg.parallel.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if self.cfg.parallel.activation_checkpointing:
-            from trainyard.parallel.activation import checkpoint_auto_blocks
-
-            self.checkpointed_blocks = checkpoint_auto_blocks(model, f"model.name={self.cfg.model.name}")
+        self._checkpoint_activations(model)
         return DDP(
             model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
