@@ -169,6 +169,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
     # point while training (last.pt saved), at once in the test, and not at all while the record is written.
     signals = StopSignals().install()
     tracker = None
+    trainer = None
     run_dir: Path | None = Path(resume) if resume is not None else None
     lock = None
     created = False  # this process made the run folder
@@ -321,6 +322,8 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
         finally:
             if lock is not None:
                 lock.release()
+            if trainer is not None and trainer.compiled is not None:
+                trainer.compiled.restore()  # the caller's model object gets its own forward back
             try:
                 strategy.teardown()
             finally:
