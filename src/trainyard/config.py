@@ -54,6 +54,11 @@ class DataConfig:
     )
     eval_transforms: Union[list, None] = opt(None, "as train_transforms, for validation and test; null: the dataset's default")
     skip_bad_files: bool = opt(False, "skip unreadable images (and count them) instead of stopping")
+    in_memory: bool = opt(
+        False,
+        "image_folder: decode every image once into one uint8 tensor in memory (all of one size; 3 kB per 32x32 RGB image), "
+        "so training takes the batched loader; false decodes each image at every epoch",
+    )
     max_samples: Union[int, None] = opt(
         None, "cap each split at about this many samples (stratified, seeded by split_seed); for quick runs", min=1
     )

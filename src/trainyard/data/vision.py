@@ -149,7 +149,29 @@ def image_folder(cfg: RunConfig) -> DataBundle:
     mode = _channel_mode(train)
     for ds, _, _ in splits.values():
         ds.mode = mode
-    return _assemble(cfg, f"image_folder {root}", splits, classes, folder_stats(train), [])
+    stats = folder_stats(train)
+    if cfg.data.in_memory:
+        splits = {name: (decode_all(ds), None, ds.labels) for name, (ds, _, _) in splits.items()}
+    return _assemble(cfg, f"image_folder {root}", splits, classes, stats, [])
+
+
+def decode_all(ds: ImageFiles) -> TensorPairs:
+    """data.in_memory: every image decoded once into one uint8 (N, C, H, W) tensor, cut into batches by index."""
+    first = read_image(ds.paths[0], ds.mode)
+    images = torch.empty((len(ds), *first.shape), dtype=torch.uint8)
+    for i, path in enumerate(ds.paths):
+        try:
+            image = read_image(path, ds.mode)
+        except Exception as exc:  # it passed the scan's check, then failed to decode whole
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{path}: cannot decode image ({reason}); fix or remove it") from None
+        if image.shape != first.shape:
+            raise DataError(
+                f"data.in_memory=true: {path} is {image.shape[2]}x{image.shape[1]}, {ds.paths[0]} is {first.shape[2]}x{first.shape[1]}; "
+                "one tensor holds images of one size: resize them, or set data.in_memory=false"
+            )
+        images[i] = image
+    return TensorPairs(images, ds.labels)
 
 
 # --------------------------------------------------------------------------------------

@@ -377,3 +377,31 @@ def test_grey_folder_adapts_and_val_class_must_exist(small_folder: Path, tmp_pat
     shutil.copy(next((small_folder / "train" / "dog").glob("*.png")), small_folder / "val" / "horse" / "x.png")
     with pytest.raises(DataError, match="class folder.s. horse do not exist in the train/ split"):
         build_data(load_config(None, ["data.dataset=image_folder", f"data.root={small_folder}"]))
+
+
+def test_an_image_folder_held_in_memory_gives_the_same_samples_and_takes_the_batched_loader(shared_data: Path, tmp_path: Path):
+    from trainyard.data.batched import InMemorySplit, in_memory_split
+
+    root = shared_data / "cifar10_png"
+    files = build_data(load_config(None, ["data.dataset=image_folder", f"data.root={root}", "data.max_samples=200"]))
+    held = build_data(load_config(None, ["data.dataset=image_folder", f"data.root={root}", "data.max_samples=200", "data.in_memory=true"]))
+    assert isinstance(in_memory_split(files.train), str)  # per-file decoding: the DataLoader path
+    assert isinstance(in_memory_split(held.train), InMemorySplit)
+    assert held.info.mean == files.info.mean and held.info.classes == files.info.classes
+    for split in ("train", "val", "test"):
+        a, b = getattr(files, split), getattr(held, split)
+        assert len(a) == len(b)
+        for i in (0, len(a) // 2, len(a) - 1):  # the same image, normalized the same way, and the same label
+            torch.testing.assert_close(b[i][0], a[i][0])
+            assert b[i][1] == a[i][1]
+
+
+def test_an_image_folder_of_mixed_sizes_cannot_be_held_in_memory(small_folder: Path, tmp_path: Path, capsys):
+    from torchvision.io import decode_image, write_png
+
+    odd = sorted((small_folder / "train" / "dog").glob("*.png"))[0]
+    write_png(decode_image(str(odd))[:, :28, :30].contiguous(), str(odd))
+    code, _, err = cli(capsys, *_folder_run(small_folder, tmp_path, "data.in_memory=true"))
+    line = one_line_error(code, err)
+    assert f"data.in_memory=true: {odd} is 30x28, " in line and "is 32x32" in line and "set data.in_memory=false" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing made for a run that cannot start
