@@ -118,4 +118,9 @@ echo "== MNIST time to 99% (the trainyard side on cuda, the plain script as publ
 if [ -d ../shared/data/MNIST ]; then
   $PY benchmarks/time_to_accuracy.py --repeats 1 | grep -E "RESULT|run 0"
 fi
+echo "== CIFAR-10 time to 94% (airbench-like network, training set resident on the GPU, batched augmentation, bf16)"
+echo "   anchor: airbench94, 94% in 2.6 s on an A100 (arXiv 2404.00498); CIFAR_ROOT must hold cifar-10-batches-py/ for the full set"
+$PY benchmarks/cifar10_speedrun.py --root "${CIFAR_ROOT:-../shared/data}" --set trainer.device=cuda trainer.precision=bf16 | grep -E "RESULT|epoch|data:"
+$PY benchmarks/cifar10_speedrun.py --root "${CIFAR_ROOT:-../shared/data}" --set trainer.device=cuda trainer.precision=bf16 \
+  trainer.compile=max-autotune-no-cudagraphs | grep -E "RESULT|data:"
 # --- end issue 20 ------------------------------------------------------------------------------------------------
