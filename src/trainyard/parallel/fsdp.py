@@ -48,6 +48,9 @@ GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 ge
 FULL_IN = StateDictOptions(full_state_dict=True)  # every rank passes the whole state (each read the file); each keeps its shard
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 class FullyShardedDataParallel(DistributedDataParallel):
     name = "fsdp"
 
@@ -110,6 +113,12 @@ class FullyShardedDataParallel(DistributedDataParallel):
         if p.activation_checkpointing:  # the blocks sharded, each recomputed inside its own all-gather
             checkpoint_blocks(model, paths)
             self.checkpointed_blocks = paths
+        if self.cfg.trainer.precision == "bf16":
+            # BatchNorm in fp32, as FSDP1's MixedPrecision kept it: its running statistics are fp32 buffers, and the
+            # eval kernel refuses bf16 weights beside them. Its input is cast to fp32 on the way in.
+            for module in model.modules():
+                if isinstance(module, BATCH_NORMS):
+                    fully_shard(module, reshard_after_forward=p.reshard_after_forward, mp_policy=MixedPrecisionPolicy())
         for path in paths:  # inner blocks first: each becomes one all-gather group; the root takes what is left
             fully_shard(modules[path], reshard_after_forward=p.reshard_after_forward, mp_policy=policy)
         fully_shard(model, reshard_after_forward=p.reshard_after_forward, mp_policy=policy)

@@ -303,10 +303,12 @@ def test_sharded_transformer_trains_like_one_process_with_and_without_activation
 
 @pytest.mark.timeout(300)
 def test_bf16_under_fsdp_trains_and_keeps_fp32_weights(tmp_path):
-    finished(train2(f"track.root={tmp_path}", *MLP, "trainer.epochs=1", "trainer.max_steps=6", *FSDP2, "trainer.precision=bf16"))
+    # The CNN's BatchNorm: its weights gathered in bf16 beside its fp32 running statistics failed evaluation
+    # ("expected scalar type BFloat16 but found Float"); it is kept in fp32.
+    finished(train2(f"track.root={tmp_path}", *CNN, "trainer.epochs=1", "trainer.max_steps=6", *FSDP2, "trainer.precision=bf16"))
     run = only_run(tmp_path)
     state = checkpoint(run)
-    assert state["step"] == 6 and all(t.dtype == torch.float32 for t in state["model"].values())  # the fp32 shards
+    assert state["step"] == 6 and all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
     assert 0 < status(run)["final"]["val/loss"] < 3
 
 
