@@ -47,6 +47,8 @@ def _recompute_in_backward(module: nn.Module) -> None:
     def checkpointed(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():  # evaluation: nothing is kept for a backward, nothing to recompute
             return forward(*args, **kwargs)
+        if torch.compiler.is_compiling():  # trainer.compile: the recompute is traced into the backward graph, where
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)  # a buffer update is not applied again
         return checkpoint(forward, *args, use_reentrant=False, context_fn=functools.partial(_contexts, module), **kwargs)
 
     module.forward = checkpointed
