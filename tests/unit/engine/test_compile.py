@@ -178,3 +178,35 @@ def test_a_torch_compile_that_refuses_at_once_leaves_the_model_eager(monkeypatch
     compiled = CompiledForward(model, True, strategy=strategy, warn=warned.append)
     assert not compiled.active and "forward" not in vars(model)  # the module's own forward, untouched
     assert warned == ["trainyard: trainer.compile: training eager: RuntimeError: torch.compile is not supported on this Python version"]
+
+
+def test_the_compiled_forward_runs_only_in_training_steps_and_the_model_gets_its_own_back(monkeypatch):
+    from trainyard.engine import compile as compile_module
+
+    calls: list[str] = []
+
+    def recording_compile(fn, mode=None):  # stands in for torch.compile: says when the compiled forward runs
+        def compiled(*args, **kwargs):
+            calls.append("compiled")
+            return fn(*args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(compile_module, "compiler_missing", lambda device: None)
+    model = torch.nn.Linear(2, 2)
+    strategy = type("S", (), {"device": torch.device("cpu"), "unwrap": staticmethod(lambda m: m)})()
+    compiled = compile_module.CompiledForward(model, True, strategy=strategy, warn=lambda line: None)
+    x = torch.ones(1, 2)
+    model(x)  # evaluation, a graph trace: eager
+    assert calls == []
+
+    def forward_backward(m, x, y, loss_fn, autocast, scale):
+        return m(x).sum(), None
+
+    compiled.wrap(forward_backward)(model, x, None, None, None, None)
+    assert calls == ["compiled"]
+    model(x)
+    assert calls == ["compiled"]  # eager again after the step
+    compiled.restore()
+    assert "forward" not in vars(model) and model.forward.__func__ is torch.nn.Linear.forward
