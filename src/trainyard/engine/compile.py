@@ -3,7 +3,9 @@
 What is compiled is the plain module's ``forward``, inside the strategy's wrapper: the whole model under single
 and ddp, each innermost sharded block under fsdp (torchtitan compiles per block too). Compiling the wrapper
 itself compiles nothing on current torch: DDP's forward and FSDP's hooks break the graph, and what is left to trace
-is torch's own code (``nn.Sequential.forward``), which dynamo does not start a graph in. The compiled forward
+is torch's own code (``nn.Sequential.forward``), which dynamo does not start a graph in. Called from inside DDP's
+forward, the inner graph is still split at DDP's gradient buckets (dynamo's DDPOptimizer), so the all-reduce of
+one bucket overlaps the backward of the next. The compiled forward
 runs only in training steps; evaluation, the graph trace and checkpoints see the eager module, so a
 checkpoint's keys are the same with and without compile.
 """
