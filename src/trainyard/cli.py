@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -146,4 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if "torch.distributed" in sys.modules and "WORLD_SIZE" in os.environ:  # a rank a launcher started (torchrun)
+        from trainyard.parallel.launch import end_rank_process
+
+        end_rank_process(code)
+    sys.exit(code)

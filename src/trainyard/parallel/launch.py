@@ -198,6 +198,21 @@ def spawn(strategy: Any, fn: Callable[..., Any], args: tuple, nprocs: int, grace
     raise _failure_error(failure, reports, nprocs)
 
 
+def end_rank_process(code: int) -> None:
+    """End a rank's process now, its output flushed, without the interpreter's teardown. There, after a run that
+    finished and recorded everything, the gloo backend can abort the process ("terminate called without an active
+    exception", SIGABRT): a launcher would count the rank failed, and torchrun would restart the finished job."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to say on it
+            pass
+    os._exit(code)
+
+
 def _spawned_rank(local_rank: int, strategy: Any, fn: Callable[..., Any], args: tuple, nprocs: int, port: int, reports_dir: str) -> None:
     enter = getattr(strategy, "enter_process", None)
     if enter is not None:
@@ -213,6 +228,7 @@ def _spawned_rank(local_rank: int, strategy: Any, fn: Callable[..., Any], args: 
         _write_report(reports_dir, report)
         raise
     _write_report(reports_dir, report)
+    end_rank_process(0)
 
 
 def _write_report(reports_dir: str, report: RankReport) -> None:
