@@ -64,6 +64,12 @@ def write_error(exc: OSError, path: Path | str | None = None) -> WriteError:
     return WriteError(f"cannot write {path}: {reason}{room}; the files saved before are kept")
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (library errors run to pages), or its type where it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":

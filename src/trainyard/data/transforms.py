@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from trainyard.config import suggest
-from trainyard.errors import ConfigError
+from trainyard.errors import ConfigError, first_line
 
 # Transforms that do not take one classification image and return one: what they need instead, and why
 # they cannot go in a per-sample pipeline. Every other v2 transform works on one image tensor.
@@ -223,7 +223,7 @@ def check_pipeline(pipeline: Any, sample: torch.Tensor, where: str) -> torch.Ten
         try:
             x = step(x)
         except Exception as exc:  # any failure of a user-chosen step is a config problem
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise ConfigError(f"{origin}: fails on a {shape} image of {where}: {text}") from None
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ConfigError(f"{origins[-1] if origins else where}: the pipeline must end in one CxHxW image tensor, got {type(x).__name__}")

@@ -19,7 +19,7 @@ from trainyard.config import RunConfig
 from trainyard.data import DataBundle, DataInfo
 from trainyard.data.splits import TensorPairs, TransformedSubset, stratified_split
 from trainyard.data.transforms import build_pipeline, check_pipeline
-from trainyard.errors import ConfigError, DataError
+from trainyard.errors import ConfigError, DataError, first_line
 
 # Light augmentation for 8x8 digits: a degree or two of rotation and up to one pixel of shift.
 DIGITS_TRAIN_TRANSFORMS = [{"RandomAffine": {"degrees": 10, "translate": [0.125, 0.125]}}]
@@ -151,27 +151,42 @@ def image_folder(cfg: RunConfig) -> DataBundle:
         ds.mode = mode
     stats = folder_stats(train)
     if cfg.data.in_memory:
-        splits = {name: (decode_all(ds), None, ds.labels) for name, (ds, _, _) in splits.items()}
+        held = {name: decode_all(ds) for name, (ds, _, _) in splits.items()}
+        splits = {name: (pairs, None, pairs.labels) for name, pairs in held.items()}
     return _assemble(cfg, f"image_folder {root}", splits, classes, stats, [])
 
 
 def decode_all(ds: ImageFiles) -> TensorPairs:
-    """data.in_memory: every image decoded once into one uint8 (N, C, H, W) tensor, cut into batches by index."""
-    first = read_image(ds.paths[0], ds.mode)
-    images = torch.empty((len(ds), *first.shape), dtype=torch.uint8)
-    for i, path in enumerate(ds.paths):
+    """data.in_memory: every image decoded once into one uint8 (N, C, H, W) tensor, cut into batches by index.
+    An image that fails to decode stops the run or, with data.skip_bad_files, is left out with its label."""
+    images: torch.Tensor | None = None
+    labels: list[int] = []
+    bad: list[str] = []
+    for path, label in zip(ds.paths, ds.labels):
         try:
             image = read_image(path, ds.mode)
-        except Exception as exc:  # it passed the scan's check, then failed to decode whole
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"{path}: cannot decode image ({reason}); fix or remove it") from None
-        if image.shape != first.shape:
+        except Exception as exc:  # it passed the scan's header check, then failed to decode whole
+            if not ds.skip_bad:
+                raise DataError(
+                    f"{path}: cannot decode image ({first_line(exc)}); fix or remove it, or set data.skip_bad_files=true"
+                ) from None
+            bad.append(path)
+            continue
+        if images is None:
+            first = path
+            images = torch.empty((len(ds.paths), *image.shape), dtype=torch.uint8)
+        elif image.shape != images.shape[1:]:
             raise DataError(
-                f"data.in_memory=true: {path} is {image.shape[2]}x{image.shape[1]}, {ds.paths[0]} is {first.shape[2]}x{first.shape[1]}; "
+                f"data.in_memory=true: {path} is {image.shape[2]}x{image.shape[1]}, {first} is {images.shape[3]}x{images.shape[2]}; "
                 "one tensor holds images of one size: resize them, or set data.in_memory=false"
             )
-        images[i] = image
-    return TensorPairs(images, ds.labels)
+        images[len(labels)] = image
+        labels.append(label)
+    if bad:
+        print(f"trainyard: skipped {len(bad)} undecodable image(s) (first: {bad[0]})", file=sys.stderr)
+    if images is None:
+        raise DataError(f"no image of {len(ds.paths)} could be decoded (first: {ds.paths[0]})")
+    return TensorPairs(images[: len(labels)], labels)
 
 
 # --------------------------------------------------------------------------------------
@@ -210,7 +225,7 @@ def _open_torchvision(cfg: RunConfig, name: str, *, train: bool):
     try:
         return cls(root, train=train, download=True)
     except Exception as exc:  # URLError, HTTPError, socket errors, checksum failures
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(f"{missing}; download failed ({reason})") from None
 
 
@@ -244,7 +259,7 @@ class ImageFiles(Dataset):
             try:
                 return read_image(self.paths[index], self.mode), self.labels[index]
             except Exception as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc)
                 if not self.skip_bad:
                     raise DataError(
                         f"{self.paths[index]}: cannot decode image ({reason}); fix or remove it, or set data.skip_bad_files=true"

@@ -335,6 +335,14 @@ def test_corrupt_image_is_named_or_skipped(small_folder: Path, tmp_path: Path, c
         code, out, err = cli(capsys, *_folder_run(small_folder, tmp_path, "data.skip_bad_files=true"))
     assert code == 0, err
 
+    # held in memory: decoded once up front, the same line, or left out with its label and counted
+    line = one_line_error(*cli(capsys, *_folder_run(small_folder, tmp_path, "data.in_memory=true"))[::2])
+    assert str(bad) in line and "cannot decode image" in line and "data.skip_bad_files=true" in line
+    held = ["data.dataset=image_folder", f"data.root={small_folder}", "data.in_memory=true", "data.skip_bad_files=true"]
+    data = build_data(load_config(None, held))
+    assert f"skipped 1 undecodable image(s) (first: {bad})" in capsys.readouterr().err
+    assert len(data.train) + len(data.val) + len(data.test) == 12  # the 12 good images; the broken 13th left out
+
 
 def test_unreadable_file_is_named_or_skipped_and_counted(small_folder: Path, tmp_path: Path, capsys):
     bad = small_folder / "train" / "ship" / "notes.png"
