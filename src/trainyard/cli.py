@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Sequence
 
@@ -148,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     code = main()
-    if "torch.distributed" in sys.modules and "WORLD_SIZE" in os.environ:  # a rank a launcher started (torchrun)
-        from trainyard.parallel.launch import end_rank_process
+    if "torch.distributed" in sys.modules:  # something ran that may have been a rank; nothing heavy is imported otherwise
+        from trainyard.parallel.launch import end_rank_process, launcher_env
 
-        end_rank_process(code)
+        if launcher_env() is not None:  # a rank torchrun or srun started
+            end_rank_process(code)
     sys.exit(code)
