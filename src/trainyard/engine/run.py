@@ -163,7 +163,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
     from trainyard.models import build_model
     from trainyard.tasks import build_task, summary_text
     from trainyard.track import build_trackers
-    from trainyard.track.rundir import cut_torn_tail, environment, lock_run_dir, new_run_dir, write_config, write_status
+    from trainyard.track.rundir import cut_rows_after, cut_torn_tail, environment, lock_run_dir, new_run_dir, write_config, write_status
 
     # SIGINT/SIGTERM in every phase, from here to the last status write: at once in set-up, at the next safe
     # point while training (last.pt saved), at once in the test, and not at all while the record is written.
@@ -259,6 +259,7 @@ def run_process(strategy, cfg: RunConfig, resume: str | None, parts: UserParts |
                 if state is not None:
                     write_config(run_dir, cfg)
                     cut_torn_tail(run_dir / "metrics.jsonl")  # a killed run's half row: the resume's rows start clean
+                    cut_rows_after(run_dir / "metrics.jsonl", state["step"])  # rows the resume will log again
                 if data.save_artifacts is not None:
                     data.save_artifacts(run_dir)  # e.g. the trained tokenizer and label map, next to the checkpoints
                 tracker = build_trackers(cfg, run_dir, resume_step=state["step"] if state else None)

@@ -81,6 +81,26 @@ def cut_torn_tail(path: Path) -> None:
         return
 
 
+def cut_rows_after(path: Path, step: int) -> None:
+    """Drop the JSON-lines rows past ``step``, the step a resume starts from: a run killed after logging a row but
+    before its checkpoint landed trains those steps again and logs them again (TensorBoard's writer purges the same)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+
+    def past(line: str) -> bool:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step
+
+    kept = [line for line in lines if not past(line)]
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(kept))
+
+
 def read_status(run_dir: Path) -> dict:
     path = Path(run_dir) / "status.json"
     try:

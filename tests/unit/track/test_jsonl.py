@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from trainyard.track.jsonl import read_metrics
 from trainyard.track.rundir import cut_torn_tail
 
@@ -24,3 +26,21 @@ def test_cut_torn_tail_keeps_whole_lines_only(tmp_path):
     cut_torn_tail(path)
     assert path.read_text() == ""
     cut_torn_tail(tmp_path / "missing.jsonl")  # nothing to cut
+
+
+def test_a_resume_drops_the_rows_past_its_checkpoint_step(tmp_path):
+    from trainyard.track.rundir import cut_rows_after
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 50, "epoch": 0},
+        {"step": 71, "epoch": 0, "val/accuracy": 0.4},
+        {"step": 100, "epoch": 1},
+        {"step": 142, "epoch": 1, "val/accuracy": 0.5},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cut_rows_after(path, 71)  # killed after logging epoch 1, before its last.pt: the resume starts at step 71
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
+    cut_rows_after(path, 71)  # nothing past it: the file is left as it is
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
+    cut_rows_after(tmp_path / "missing.jsonl", 0)  # no file yet: nothing to do
